@@ -1,0 +1,39 @@
+# Two commands on a fresh machine:
+#   make train    set up .venv, then train the default run (digits, MLP, cross-entropy)
+#   make test     set up .venv, then run the fast test suite
+# Extra arguments for train go in ARGS:  make train ARGS="loss=focal loss.gamma=3"
+# An environment that already has (CUDA) torch:  make install VENV_FLAGS=--system-site-packages
+
+PYTHON ?= python3
+VENV ?= .venv
+VENV_FLAGS ?=
+PY := $(VENV)/bin/python
+ARGS ?=
+
+.PHONY: install train test test-slow bench clean
+
+install: $(VENV)/.installed
+
+# torch first: the CPU wheel pinned (a bare "torch" would pull a multi-GB CUDA build), and only
+# when no torch is importable, so an existing CUDA torch is never reinstalled.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "torch==2.13.0"
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+train: install
+	$(PY) scripts/train.py $(ARGS)
+
+test: install
+	$(PY) -m pytest -q
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
+bench: install
+	$(PY) benchmarks/bench_default_run.py
+	$(PY) benchmarks/bench_losses.py
+
+clean:
+	rm -rf outputs

@@ -1,0 +1,396 @@
+"""The training objectives of ceexp that torch does not ship: focal, FLSD-53 and Brier.
+
+Plain cross-entropy, label smoothing and class-weighted cross-entropy are torch's own
+:class:`torch.nn.CrossEntropyLoss` (``label_smoothing=...``, ``weight=...``) and are not repeated here.
+
+Every loss takes logits ``(N, C)`` (floating) and class indices ``(N,)`` (int64), like
+``nn.CrossEntropyLoss``, and is computed from ``F.log_softmax`` so that saturated logits stay finite.
+Per-sample values are in nats (focal, FLSD-53) or in squared probability (Brier).
+``reduction`` is one of ``"none"`` (shape ``(N,)``), ``"mean"`` or ``"sum"`` (scalars); samples whose target
+equals ``ignore_index`` contribute 0 and do not count in the mean's denominator (a batch in which every
+target is ignored gives a NaN mean, as ``F.cross_entropy`` does).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+from ceexp.checks import check_choice, check_classification_inputs, check_non_negative
+
+__all__ = [
+    "focal_loss",
+    "sample_dependent_focal_loss",
+    "brier_loss",
+    "FocalLoss",
+    "SampleDependentFocalLoss",
+    "BrierLoss",
+]
+
+Alpha = Union[None, float, Sequence[float], torch.Tensor]
+_REDUCTIONS = ("none", "mean", "sum")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# argument checks (run once at construction, or on every call of the functional forms)
+
+
+def _check_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"Expected argument `{name}` to be an integer, but got {value!r}")
+
+
+def _check_probability(name: str, value) -> None:
+    check_non_negative(name, value)
+    if value > 1:
+        raise ValueError(f"Expected argument `{name}` to be a number in [0, 1], but got {value!r}")
+
+
+def _prepare_alpha(alpha: Alpha, dtype: Optional[torch.dtype] = None) -> Union[None, float, torch.Tensor]:
+    """Validate ``alpha`` and return None, a float in [0, 1], or a 1-D tensor of class weights.
+
+    A sequence becomes a tensor of ``dtype`` (default: torch's default dtype); a floating tensor keeps its own.
+    """
+    if alpha is None:
+        return None
+    dtype = dtype or torch.get_default_dtype()
+    if isinstance(alpha, (int, float)) and not isinstance(alpha, bool):
+        _check_probability("alpha", alpha)
+        return float(alpha)
+    if isinstance(alpha, str):
+        raise ValueError(f"Expected argument `alpha` to be None, a float or a sequence of class weights, but got {alpha!r}")
+    try:
+        if isinstance(alpha, torch.Tensor):
+            weights = alpha.detach().clone() if alpha.is_floating_point() else alpha.detach().to(dtype)
+        else:  # list, tuple, numpy array, OmegaConf ListConfig
+            weights = torch.tensor([float(a) for a in alpha], dtype=dtype)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"Expected argument `alpha` to be None, a float or a sequence of class weights, but got {alpha!r}"
+        ) from None
+    if weights.ndim != 1 or weights.numel() == 0:
+        raise ValueError(f"Expected argument `alpha` to be a non-empty 1-D sequence, but got shape {tuple(weights.shape)}")
+    if not torch.isfinite(weights).all() or (weights < 0).any():
+        raise ValueError(f"Expected argument `alpha` to hold finite weights >= 0, but got {weights.tolist()}")
+    return weights
+
+
+def _alpha_per_class(alpha: Union[None, float, torch.Tensor], num_classes: int, dtype: torch.dtype, device) -> Optional[torch.Tensor]:
+    """Expand a prepared ``alpha`` into a ``(C,)`` weight tensor (or None), checking it against C."""
+    if alpha is None:
+        return None
+    if isinstance(alpha, float):
+        if num_classes != 2:
+            raise ValueError(
+                f"Expected argument `alpha` to be a sequence of C={num_classes} per-class weights, but got the float "
+                f"{alpha!r}: a float `alpha` is only defined for C == 2 classes; pass a sequence of C per-class weights"
+            )
+        return torch.tensor([1.0 - alpha, alpha], dtype=dtype, device=device)
+    if alpha.numel() != num_classes:
+        raise ValueError(
+            f"Expected argument `alpha` to have C={num_classes} entries (one per class), but got {alpha.numel()}"
+        )
+    return alpha.to(device=device, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# kernels (no argument checks; inputs are checked by the callers)
+
+
+class _FocalPerSample(torch.autograd.Function):
+    """Per-sample focal loss ``-w_i (1 - p_i)^gamma_i log p_i`` with a closed-form backward.
+
+    Autograd through ``log_softmax -> gather -> pow`` allocates two ``(N, C)`` buffers in the backward (the
+    scattered gather gradient, then the log_softmax gradient) and runs a dozen small kernels; the closed form
+    needs one buffer, which is what keeps focal within 1.3x of ``F.cross_entropy`` (benchmarks/bench_losses.py).
+    With ``s = log p`` and ``q = 1 - p``: ``d loss / d s = -w q^gamma (1 - gamma p s / q)`` and
+    ``d s / d z_c = [c = y] - softmax(z)_c``.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, target, weight, gamma, gamma_switch):
+        log_probs = F.log_softmax(logits, dim=1)
+        log_pt = log_probs.gather(1, target.unsqueeze(1)).squeeze(1)
+        if gamma_switch is None and gamma == 0.0:
+            loss = (weight * log_pt).neg_()  # exactly (weighted) cross-entropy
+            dloss_dlogpt = weight.neg()
+        else:
+            pt = log_pt.exp()
+            if gamma_switch is not None:  # FLSD: gamma per sample from p_y; no gradient flows through the choice
+                threshold, gamma_low, gamma_high = gamma_switch
+                gamma = torch.where(pt < threshold, gamma_low, gamma_high).to(pt.dtype)
+            # 1 - p from expm1 keeps its relative accuracy when p is near 1. At p == 1 exactly, q^(gamma - 1) is
+            # infinite for gamma < 1; the clamp makes gamma p loss / q read 0 / tiny = 0 there, its limit.
+            one_minus_pt = torch.expm1(log_pt).neg_().clamp_(min=torch.finfo(logits.dtype).tiny)
+            scale = one_minus_pt.pow(gamma).mul_(weight)
+            loss = (scale * log_pt).neg_()
+            # d loss / d s = -(scale + gamma p loss / q), with s = log p, scale = w q^gamma, loss = -scale s
+            dloss_dlogpt = pt.mul_(loss).mul_(gamma).div_(one_minus_pt).add_(scale).neg_()
+        ctx.save_for_backward(log_probs, target, dloss_dlogpt)
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss):
+        log_probs, target, dloss_dlogpt = ctx.saved_tensors
+        coef = (dloss_dlogpt * grad_loss).unsqueeze(1)
+        grad_logits = torch.exp(log_probs).mul_(coef.neg())  # coef * (onehot(y) - softmax(z)), in one buffer
+        grad_logits.scatter_add_(1, target.unsqueeze(1), coef)
+        return grad_logits, None, None, None, None
+
+
+def _keep_and_safe_target(target: torch.Tensor, ignore_index: int):
+    keep = target != ignore_index
+    return keep, torch.where(keep, target, 0)  # ignored rows read class 0, then get weight 0
+
+
+def _reduce(loss: torch.Tensor, keep: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "none":
+        return loss
+    total = loss.sum()
+    if reduction == "sum":
+        return total
+    return total / keep.sum()
+
+
+def _focal(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    gamma: Optional[float],
+    alpha: Optional[torch.Tensor],
+    reduction: str,
+    ignore_index: int,
+    gamma_switch: Optional[tuple] = None,
+) -> torch.Tensor:
+    """The focal kernel shared by the focal and FLSD-53 losses.
+
+    ``gamma`` is a float, or None together with ``gamma_switch = (threshold, gamma_low, gamma_high)`` to use
+    ``gamma_low`` where ``p_y < threshold`` and ``gamma_high`` elsewhere.
+    """
+    keep, safe_target = _keep_and_safe_target(target, ignore_index)
+    weight = keep.to(logits.dtype) if alpha is None else alpha[safe_target] * keep
+    loss = _FocalPerSample.apply(logits, safe_target, weight, gamma, gamma_switch)
+    return _reduce(loss, keep, reduction)
+
+
+def _brier(logits: torch.Tensor, target: torch.Tensor, reduction: str, ignore_index: int) -> torch.Tensor:
+    keep, safe_target = _keep_and_safe_target(target, ignore_index)
+    probs = F.log_softmax(logits, dim=1).exp()
+    diff = probs - F.one_hot(safe_target, logits.shape[1]).to(probs.dtype)
+    loss = diff.square().sum(dim=1) * keep
+    return _reduce(loss, keep, reduction)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# functional forms
+
+
+def focal_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    gamma: float = 2.0,
+    alpha: Alpha = None,
+    reduction: str = "mean",
+    ignore_index: int = -100,
+) -> torch.Tensor:
+    r"""Softmax focal loss of Lin et al. 2017, "Focal Loss for Dense Object Detection" (ICCV), eq. 5.
+
+    .. math:: \ell_i = -\alpha_{y_i} (1 - p_i)^\gamma \log p_i, \qquad p_i = \mathrm{softmax}(z_i)_{y_i}
+
+    The paper states it for a sigmoid per class; this is the multi-class softmax form used for classifiers.
+    ``gamma=0, alpha=None`` is exactly cross-entropy; larger ``gamma`` down-weights samples the model already
+    gets right.
+
+    Args:
+        logits: ``(N, C)`` unnormalised scores, floating dtype, finite.
+        target: ``(N,)`` int64 class indices in ``[0, C)`` or equal to ``ignore_index``.
+        gamma: focusing parameter, a finite number ``>= 0``.
+        alpha: class weights: None (all 1); a sequence or tensor of ``C`` weights ``>= 0``; or a float in
+            ``[0, 1]`` when ``C == 2``, meaning ``alpha`` on class 1 and ``1 - alpha`` on class 0.
+        reduction: ``"none"`` gives the ``(N,)`` per-sample losses; ``"sum"`` their sum; ``"mean"`` the sum
+            divided by the number of non-ignored samples (not by the sum of their ``alpha``, as in torchvision's
+            ``sigmoid_focal_loss``), so with ``gamma=0`` it equals
+            ``F.cross_entropy(logits, target, weight=alpha, reduction="sum") / N``.
+        ignore_index: targets equal to it contribute 0 and are left out of the mean's denominator.
+
+    Returns:
+        The loss in nats, in ``logits.dtype``: shape ``(N,)`` for ``"none"``, else a scalar.
+
+    Raises:
+        ValueError: on a bad ``gamma``, ``alpha``, ``reduction`` or ``ignore_index``; on a float ``alpha`` with
+            ``C != 2`` or an ``alpha`` sequence whose length is not ``C``; on inputs refused by
+            :func:`ceexp.checks.check_classification_inputs`.
+
+    Example:
+        >>> focal_loss(torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), torch.tensor([0, 1]), gamma=0.0)
+        tensor(0.3955)
+    """
+    check_non_negative("gamma", gamma)
+    check_choice("reduction", reduction, _REDUCTIONS)
+    _check_int("ignore_index", ignore_index)
+    check_classification_inputs(logits, target, "logits", ignore_index)
+    alpha = _prepare_alpha(alpha, dtype=logits.dtype)  # straight to the logits' dtype: no float32 round trip
+    weights = _alpha_per_class(alpha, logits.shape[1], logits.dtype, logits.device)
+    return _focal(logits, target, float(gamma), weights, reduction, ignore_index)
+
+
+def sample_dependent_focal_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    gamma_low: float = 5.0,
+    gamma_high: float = 3.0,
+    threshold: float = 0.2,
+    reduction: str = "mean",
+    ignore_index: int = -100,
+) -> torch.Tensor:
+    r"""Sample-dependent focal loss FLSD-53 of Mukhoti et al. 2020, "Calibrating Deep Neural Networks using
+    Focal Loss" (NeurIPS), Sec. 5.
+
+    The focal loss :math:`-(1 - p_i)^{\gamma_i} \log p_i` with a per-sample :math:`\gamma_i`: ``gamma_low``
+    (5) where :math:`p_i < ` ``threshold`` (0.2), else ``gamma_high`` (3). The choice of :math:`\gamma_i` is made
+    on the detached :math:`p_i`, so no gradient flows through the switch.
+
+    Args:
+        logits: ``(N, C)`` unnormalised scores, floating dtype, finite.
+        target: ``(N,)`` int64 class indices in ``[0, C)`` or equal to ``ignore_index``.
+        gamma_low: gamma for samples with ``p_y < threshold``, a finite number ``>= 0``.
+        gamma_high: gamma for the other samples, a finite number ``>= 0``.
+        threshold: the switching probability, in ``[0, 1]``.
+        reduction: ``"none"``, ``"mean"`` (over non-ignored samples) or ``"sum"``.
+        ignore_index: targets equal to it contribute 0 and are left out of the mean's denominator.
+
+    Returns:
+        The loss in nats, in ``logits.dtype``: shape ``(N,)`` for ``"none"``, else a scalar.
+
+    Raises:
+        ValueError: on a bad ``gamma_low``, ``gamma_high``, ``threshold``, ``reduction`` or ``ignore_index``,
+            or on inputs refused by :func:`ceexp.checks.check_classification_inputs`.
+    """
+    check_non_negative("gamma_low", gamma_low)
+    check_non_negative("gamma_high", gamma_high)
+    _check_probability("threshold", threshold)
+    check_choice("reduction", reduction, _REDUCTIONS)
+    _check_int("ignore_index", ignore_index)
+    check_classification_inputs(logits, target, "logits", ignore_index)
+    switch = (float(threshold), float(gamma_low), float(gamma_high))
+    return _focal(logits, target, None, None, reduction, ignore_index, gamma_switch=switch)
+
+
+def brier_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    reduction: str = "mean",
+    ignore_index: int = -100,
+) -> torch.Tensor:
+    r"""Brier score of the softmax against the one-hot label (Brier 1950), the "MSE" training baseline.
+
+    .. math:: \ell_i = \sum_{c=1}^{C} \left(\mathrm{softmax}(z_i)_c - [y_i = c]\right)^2 \in [0, 2]
+
+    Args:
+        logits: ``(N, C)`` unnormalised scores, floating dtype, finite.
+        target: ``(N,)`` int64 class indices in ``[0, C)`` or equal to ``ignore_index``.
+        reduction: ``"none"``, ``"mean"`` (over non-ignored samples) or ``"sum"``.
+        ignore_index: targets equal to it contribute 0 and are left out of the mean's denominator.
+
+    Returns:
+        Squared probability error (unitless), in ``logits.dtype``: shape ``(N,)`` for ``"none"``, else a scalar.
+
+    Raises:
+        ValueError: on a bad ``reduction`` or ``ignore_index``, or on inputs refused by
+            :func:`ceexp.checks.check_classification_inputs`.
+    """
+    check_choice("reduction", reduction, _REDUCTIONS)
+    _check_int("ignore_index", ignore_index)
+    check_classification_inputs(logits, target, "logits", ignore_index)
+    return _brier(logits, target, reduction, ignore_index)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# modules: arguments checked once here, inputs on every forward
+
+
+class FocalLoss(nn.Module):
+    """Softmax focal loss (Lin et al. 2017) as a module; see :func:`focal_loss` for the definition and arguments.
+
+    A sequence ``alpha`` is kept as the buffer ``alpha`` (torch's default dtype unless given as a floating
+    tensor) so that it follows ``.to(device)`` and ``.double()``; it is cast to the logits' dtype at each call.
+    """
+
+    def __init__(self, gamma: float = 2.0, alpha: Alpha = None, reduction: str = "mean", ignore_index: int = -100):
+        super().__init__()
+        check_non_negative("gamma", gamma)
+        check_choice("reduction", reduction, _REDUCTIONS)
+        _check_int("ignore_index", ignore_index)
+        self.gamma = float(gamma)
+        self.reduction = reduction
+        self.ignore_index = ignore_index
+        alpha = _prepare_alpha(alpha)
+        if isinstance(alpha, float):
+            self.alpha = alpha
+        else:
+            self.register_buffer("alpha", alpha)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        check_classification_inputs(logits, target, "logits", self.ignore_index)
+        weights = _alpha_per_class(self.alpha, logits.shape[1], logits.dtype, logits.device)
+        return _focal(logits, target, self.gamma, weights, self.reduction, self.ignore_index)
+
+    def extra_repr(self) -> str:
+        alpha = self.alpha.tolist() if isinstance(self.alpha, torch.Tensor) else self.alpha
+        return f"gamma={self.gamma}, alpha={alpha}, reduction={self.reduction!r}, ignore_index={self.ignore_index}"
+
+
+class SampleDependentFocalLoss(nn.Module):
+    """FLSD-53 (Mukhoti et al. 2020) as a module; see :func:`sample_dependent_focal_loss`."""
+
+    def __init__(
+        self,
+        gamma_low: float = 5.0,
+        gamma_high: float = 3.0,
+        threshold: float = 0.2,
+        reduction: str = "mean",
+        ignore_index: int = -100,
+    ):
+        super().__init__()
+        check_non_negative("gamma_low", gamma_low)
+        check_non_negative("gamma_high", gamma_high)
+        _check_probability("threshold", threshold)
+        check_choice("reduction", reduction, _REDUCTIONS)
+        _check_int("ignore_index", ignore_index)
+        self.gamma_low = float(gamma_low)
+        self.gamma_high = float(gamma_high)
+        self.threshold = float(threshold)
+        self.reduction = reduction
+        self.ignore_index = ignore_index
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        check_classification_inputs(logits, target, "logits", self.ignore_index)
+        switch = (self.threshold, self.gamma_low, self.gamma_high)
+        return _focal(logits, target, None, None, self.reduction, self.ignore_index, gamma_switch=switch)
+
+    def extra_repr(self) -> str:
+        return (
+            f"gamma_low={self.gamma_low}, gamma_high={self.gamma_high}, threshold={self.threshold}, "
+            f"reduction={self.reduction!r}, ignore_index={self.ignore_index}"
+        )
+
+
+class BrierLoss(nn.Module):
+    """Brier score of softmax(logits) against the one-hot label as a module; see :func:`brier_loss`."""
+
+    def __init__(self, reduction: str = "mean", ignore_index: int = -100):
+        super().__init__()
+        check_choice("reduction", reduction, _REDUCTIONS)
+        _check_int("ignore_index", ignore_index)
+        self.reduction = reduction
+        self.ignore_index = ignore_index
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        check_classification_inputs(logits, target, "logits", self.ignore_index)
+        return _brier(logits, target, self.reduction, self.ignore_index)
+
+    def extra_repr(self) -> str:
+        return f"reduction={self.reduction!r}, ignore_index={self.ignore_index}"

@@ -1,0 +1,641 @@
+"""Calibration metrics: functional forms and torchmetrics ``Metric`` classes.
+
+Every calibration metric takes class probabilities ``probs`` of shape ``(N, C)`` (floating, each in
+``[0, 1]``, rows summing to 1: pass ``softmax(logits)``) and class indices ``target`` of shape ``(N,)``
+(int64). The results are in units of probability (fractions in ``[0, 1]``; the Brier score is in ``[0, 2]``).
+The negative log-likelihood helpers are the exception: they take logits and report nats (or bits).
+
+The code follows torchmetrics' layering, so that one set of pieces serves both forms:
+
+1. argument validation (``n_bins``, ``norm``),
+2. tensor validation (:func:`ceexp.checks.check_probabilities`),
+3. update: reduce a batch to sufficient statistics (per-bin counts and sums),
+4. compute: finish the metric from those statistics.
+
+A functional form runs 1-4 on one batch; a ``Metric`` runs 1 at construction, 2-3 in ``update`` (adding the
+statistics to its states, which are summed across processes) and 4 in ``compute``.
+
+Binning. Equal-width bins split ``[0, 1]`` at ``b / n_bins``; bin ``b`` holds the confidences in
+``(b / n_bins, (b + 1) / n_bins]``, except that a confidence of exactly 0 goes in the first bin (and exactly 1
+in the last, which it already is under that rule). torchmetrics' calibration error instead gives a
+confidence of exactly 1 an extra bin of its own; ceexp does not. Per-bin statistics are accumulated in
+float64; functional forms return a 0-dim tensor of ``probs``' dtype, ``Metric.compute`` a float64 one.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+from ceexp.checks import check_choice, check_classification_inputs, check_positive_int, check_probabilities
+
+__all__ = [
+    "AdaptiveCalibrationError",
+    "BrierScore",
+    "CalibrationError",
+    "ClasswiseCalibrationError",
+    "ReliabilityBins",
+    "adaptive_calibration_error",
+    "bin_edges",
+    "brier_score",
+    "classwise_calibration_error",
+    "expected_calibration_error",
+    "mean_confidence",
+    "nats_to_bits",
+    "negative_log_likelihood",
+    "reliability_bins",
+]
+
+_NORMS = ("l1", "l2", "max")
+_REDUCTIONS = ("none", "mean", "sum")
+_ACC = torch.float64  # dtype of every accumulated sum
+
+
+class ReliabilityBins(NamedTuple):
+    """What a reliability diagram plots, for ``n_bins`` equal-width bins of top-label confidence.
+
+    Attributes:
+        edges: ``(n_bins + 1,)`` bin edges ``0, 1/n_bins, ..., 1`` (float64).
+        confidence: ``(n_bins,)`` mean top-label confidence of the samples in each bin; NaN for an empty bin.
+        accuracy: ``(n_bins,)`` fraction of the samples in each bin whose top-label prediction is right;
+            NaN for an empty bin.
+        count: ``(n_bins,)`` number of samples in each bin (int64).
+    """
+
+    edges: Tensor
+    confidence: Tensor
+    accuracy: Tensor
+    count: Tensor
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 1. argument validation
+
+
+def _binning_arg_validation(n_bins: int, norm: str = "l1") -> None:
+    check_positive_int("n_bins", n_bins)
+    check_choice("norm", norm, _NORMS)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# binning
+
+
+def bin_edges(n_bins: int, dtype: torch.dtype = torch.float64, device: str | torch.device | None = None) -> Tensor:
+    """The ``n_bins + 1`` equal-width edges over ``[0, 1]``; edge ``b`` is the float nearest ``b / n_bins``.
+
+    Dividing an exact integer (rather than accumulating a step, as ``linspace`` may) makes the edge for
+    0.6 the same float as the literal ``0.6``, so a confidence written as 0.6 falls in the bin that ends at 0.6.
+
+    Example:
+        >>> bin_edges(5)
+        tensor([0.0000, 0.2000, 0.4000, 0.6000, 0.8000, 1.0000], dtype=torch.float64)
+    """
+    check_positive_int("n_bins", n_bins)
+    return (torch.arange(n_bins + 1, dtype=torch.float64, device=device) / n_bins).to(dtype)
+
+
+def _bin_index(values: Tensor, n_bins: int) -> Tensor:
+    """Bin of each value in ``[0, 1]``: ``(lower, upper]`` intervals, with 0 in the first bin and 1 in the last.
+
+    ``bucketize(right=False)`` against the inner edges returns ``i`` with ``inner[i-1] < v <= inner[i]``:
+    a value on an edge joins the bin below it, 0 lands in bin 0 and 1 (above every inner edge) in the last.
+    Edges are taken in ``values``' dtype so that a float32 0.6 is compared with a float32 0.6.
+    """
+    inner = bin_edges(n_bins, dtype=values.dtype, device=values.device)[1:-1]
+    return torch.bucketize(values, inner, right=False)
+
+
+def _binned_sums(values: Tensor, hits: Tensor, index: Tensor, n_bins: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-bin count (int64), sum of ``values`` and sum of ``hits`` (float64) for bins ``0 .. n_bins - 1``."""
+    count = torch.zeros(n_bins, dtype=torch.int64, device=values.device)
+    value_sum = torch.zeros(n_bins, dtype=_ACC, device=values.device)
+    hit_sum = torch.zeros(n_bins, dtype=_ACC, device=values.device)
+    count.scatter_add_(0, index, torch.ones_like(index))
+    value_sum.scatter_add_(0, index, values.to(_ACC))
+    hit_sum.scatter_add_(0, index, hits.to(_ACC))
+    return count, value_sum, hit_sum
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 3. update: one batch -> sufficient statistics
+
+
+def _top_label(probs: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """Top-label confidence ``max_c p_c`` and correctness ``argmax_c p_c == y`` (ties: the lowest class index)."""
+    confidence, prediction = probs.max(dim=1)
+    return confidence, prediction == target
+
+
+def _calibration_error_update(probs: Tensor, target: Tensor, n_bins: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-bin (count, sum of confidence, number correct) of the top-label confidences."""
+    confidence, correct = _top_label(probs, target)
+    return _binned_sums(confidence, correct, _bin_index(confidence, n_bins), n_bins)
+
+
+def _classwise_update(probs: Tensor, target: Tensor, n_bins: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-class, per-bin statistics of ``p_c`` over all samples, each of shape ``(C, n_bins)``.
+
+    Returns (count, sum of ``p_c``, number of samples with ``y == c``) for every (class, bin).
+    """
+    num_classes = probs.shape[1]
+    onehot = F.one_hot(target, num_classes)
+    # flatten (class, bin) into one index so a single scatter fills the (C, n_bins) table
+    index = _bin_index(probs, n_bins) + n_bins * torch.arange(num_classes, device=probs.device)
+    count, p_sum, hit_sum = _binned_sums(probs.reshape(-1), onehot.reshape(-1), index.reshape(-1), num_classes * n_bins)
+    return count.view(num_classes, n_bins), p_sum.view(num_classes, n_bins), hit_sum.view(num_classes, n_bins)
+
+
+def _brier_update(probs: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """Sum over samples of ``sum_c (p_c - onehot(y)_c)^2`` (float64) and the number of samples (int64)."""
+    onehot = F.one_hot(target, probs.shape[1]).to(_ACC)
+    total = (probs.to(_ACC) - onehot).square().sum()
+    return total, torch.tensor(probs.shape[0], dtype=torch.int64, device=probs.device)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 4. compute: statistics -> metric
+
+
+def _nan(device) -> Tensor:
+    return torch.tensor(float("nan"), dtype=_ACC, device=device)
+
+
+def _calibration_error_compute(count: Tensor, conf_sum: Tensor, hit_sum: Tensor, norm: str) -> Tensor:
+    """ECE / RMSCE / MCE from per-bin statistics; NaN when no sample has been seen.
+
+    With ``n_b`` samples in bin b, ``n_b |acc_b - conf_b| = |hit_sum_b - conf_sum_b|``, so the l1 form is the
+    sum of those gaps over N; the l2 form weights the squared gap ``(gap_b / n_b)^2`` by ``n_b / N``.
+    """
+    n = count.sum()
+    if n == 0:
+        return _nan(count.device)
+    filled = count > 0
+    gap = (hit_sum - conf_sum).abs()[filled]
+    n_b = count[filled].to(_ACC)
+    if norm == "l1":
+        return gap.sum() / n
+    if norm == "l2":
+        return torch.sqrt((gap.square() / n_b).sum() / n)
+    return (gap / n_b).max()
+
+
+def _reliability_compute(count: Tensor, conf_sum: Tensor, hit_sum: Tensor) -> ReliabilityBins:
+    n_bins = count.shape[0]
+    denom = count.to(_ACC)
+    empty = count == 0
+    confidence = torch.where(empty, torch.nan, conf_sum / denom)
+    accuracy = torch.where(empty, torch.nan, hit_sum / denom)
+    return ReliabilityBins(bin_edges(n_bins, device=count.device), confidence, accuracy, count.clone())
+
+
+def _adaptive_calibration_error_compute(confidence: Tensor, correct: Tensor, n_bins: int) -> Tensor:
+    """AdaECE from all top-label confidences and correctness flags (any order); NaN when there are none.
+
+    Sorts the confidences (stable, so ties keep their input order) and cuts them into ``n_bins`` contiguous
+    chunks with the sizes ``numpy.array_split`` gives: the first ``N % n_bins`` chunks hold one sample more.
+    Empty chunks (``N < n_bins``) are dropped.
+    """
+    n = confidence.numel()
+    if n == 0:
+        return _nan(confidence.device)
+    order = torch.sort(confidence, stable=True).indices
+    base, extra = divmod(n, n_bins)
+    sizes = torch.tensor([base + 1] * extra + [base] * (n_bins - extra), device=confidence.device)
+    chunk = torch.repeat_interleave(torch.arange(n_bins, device=confidence.device), sizes)
+    count, conf_sum, hit_sum = _binned_sums(confidence[order], correct[order], chunk, n_bins)
+    return _calibration_error_compute(count, conf_sum, hit_sum, "l1")
+
+
+def _classwise_compute(count: Tensor, p_sum: Tensor, hit_sum: Tensor) -> Tensor:
+    """Mean over classes of the per-class l1 calibration error; NaN when no sample has been seen."""
+    n = count[0].sum()  # every class bins every sample
+    if n == 0:
+        return _nan(count.device)
+    return ((hit_sum - p_sum).abs().sum(dim=1) / n).mean()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# functional forms
+
+
+def expected_calibration_error(probs: Tensor, target: Tensor, n_bins: int = 15, norm: str = "l1") -> Tensor:
+    r"""Top-label calibration error over equal-width confidence bins: ECE, RMSCE or MCE.
+
+    With top-label confidence :math:`\hat p_i = \max_c p_{ic}`, correctness :math:`a_i = [\arg\max_c p_{ic} = y_i]`
+    and, for bin :math:`B_b`, :math:`\mathrm{acc}_b` and :math:`\mathrm{conf}_b` the means of :math:`a_i` and
+    :math:`\hat p_i` over it:
+
+    .. math::
+        \mathrm{ECE} = \sum_b \frac{|B_b|}{N} |\mathrm{acc}_b - \mathrm{conf}_b| \quad (\texttt{norm="l1"}),\qquad
+        \mathrm{RMSCE} = \sqrt{\sum_b \frac{|B_b|}{N} (\mathrm{acc}_b - \mathrm{conf}_b)^2} \quad (\texttt{"l2"}),\qquad
+        \mathrm{MCE} = \max_{b:\,|B_b|>0} |\mathrm{acc}_b - \mathrm{conf}_b| \quad (\texttt{"max"}).
+
+    Bins are ``(b / n_bins, (b + 1) / n_bins]``; a confidence of exactly 0 goes in the first bin and exactly 1
+    in the last (not in a bin of its own, as in torchmetrics).
+
+    Args:
+        probs: ``(N, C)`` floating class probabilities (rows sum to 1).
+        target: ``(N,)`` int64 class indices in ``[0, C)``.
+        n_bins: number of equal-width bins over ``[0, 1]``.
+        norm: ``"l1"`` (ECE), ``"l2"`` (RMSCE) or ``"max"`` (MCE).
+
+    Returns:
+        A 0-dim tensor of ``probs``' dtype, in units of probability, in ``[0, 1]``.
+
+    Raises:
+        ValueError: if ``n_bins`` is not a positive integer, ``norm`` is not one of ``"l1"``, ``"l2"``,
+            ``"max"``, or ``probs`` / ``target`` fail :func:`ceexp.checks.check_probabilities`.
+
+    References:
+        Naeini, Cooper & Hauskrecht (2015), "Obtaining Well Calibrated Probabilities Using Bayesian Binning", AAAI;
+        Guo, Pleiss, Sun & Weinberger (2017), "On Calibration of Modern Neural Networks", ICML, eq. (3).
+
+    Example:
+        Confidences 1.0 (wrong) and 0.9 (right) share the bin (0.8, 1]: conf 0.95, acc 0.5, weight 2/3;
+        0.3 (wrong) is alone in (0.2, 0.4]: gap 0.3, weight 1/3. ECE = 0.45 * 2/3 + 0.3 / 3 = 0.4.
+
+        >>> probs = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.05, 0.9, 0.05, 0.0], [0.3, 0.25, 0.25, 0.2]])
+        >>> target = torch.tensor([1, 1, 1])
+        >>> expected_calibration_error(probs, target, n_bins=5)
+        tensor(0.4000)
+        >>> expected_calibration_error(probs, target, n_bins=5, norm="max")
+        tensor(0.4500)
+    """
+    _binning_arg_validation(n_bins, norm)
+    check_probabilities(probs, target)
+    count, conf_sum, hit_sum = _calibration_error_update(probs, target, n_bins)
+    return _calibration_error_compute(count, conf_sum, hit_sum, norm).to(probs.dtype)
+
+
+def adaptive_calibration_error(probs: Tensor, target: Tensor, n_bins: int = 15) -> Tensor:
+    r"""Adaptive (equal-mass) calibration error, AdaECE.
+
+    The l1 formula of :func:`expected_calibration_error`, but over bins that each hold (nearly) the same number
+    of samples: the top-label confidences are sorted and cut into ``n_bins`` contiguous chunks of the sizes
+    ``numpy.array_split`` gives (the first ``N % n_bins`` chunks hold one more sample; empty chunks, when
+    ``N < n_bins``, are skipped). Ties are kept in input order (stable sort).
+
+    .. math::
+        \mathrm{AdaECE} = \sum_b \frac{|B_b|}{N} |\mathrm{acc}_b - \mathrm{conf}_b|,\qquad
+        |B_b| \approx N / n\_bins.
+
+    Args:
+        probs: ``(N, C)`` floating class probabilities (rows sum to 1).
+        target: ``(N,)`` int64 class indices in ``[0, C)``.
+        n_bins: number of equal-mass bins.
+
+    Returns:
+        A 0-dim tensor of ``probs``' dtype, in units of probability, in ``[0, 1]``.
+
+    Raises:
+        ValueError: if ``n_bins`` is not a positive integer or ``probs`` / ``target`` fail
+            :func:`ceexp.checks.check_probabilities`.
+
+    References:
+        Nguyen & O'Connor (2015), "Posterior Calibration and Exploratory Analysis for Natural Language
+        Processing Models", EMNLP; Mukhoti et al. (2020), "Calibrating Deep Neural Networks using Focal Loss",
+        NeurIPS, Sec. 5.
+
+    Example:
+        Sorted confidences 0.6 (right), 0.7 (wrong) | 0.8 (right), 0.9 (right) in 2 bins:
+        |0.5 - 0.65| * 2/4 + |1.0 - 0.85| * 2/4 = 0.15.
+
+        >>> probs = torch.tensor([[0.9, 0.1], [0.3, 0.7], [0.2, 0.8], [0.6, 0.4]])
+        >>> target = torch.tensor([0, 0, 1, 0])
+        >>> adaptive_calibration_error(probs, target, n_bins=2)
+        tensor(0.1500)
+    """
+    _binning_arg_validation(n_bins)
+    check_probabilities(probs, target)
+    confidence, correct = _top_label(probs, target)
+    return _adaptive_calibration_error_compute(confidence, correct, n_bins).to(probs.dtype)
+
+
+def classwise_calibration_error(probs: Tensor, target: Tensor, n_bins: int = 15) -> Tensor:
+    r"""Classwise calibration error (classwise-ECE): the ECE of every class's probability, averaged over classes.
+
+    For each class c, the probabilities :math:`p_{ic}` of all N samples are put in equal-width bins (same rule
+    as :func:`expected_calibration_error`: 0 in the first bin, 1 in the last), and
+
+    .. math::
+        \mathrm{cwECE} = \frac{1}{C} \sum_{c=1}^{C} \sum_b \frac{|B_{b,c}|}{N}
+        \left| \overline{[y_i = c]}_{B_{b,c}} - \overline{p_{ic}}_{B_{b,c}} \right|.
+
+    Args:
+        probs: ``(N, C)`` floating class probabilities (rows sum to 1).
+        target: ``(N,)`` int64 class indices in ``[0, C)``.
+        n_bins: number of equal-width bins over ``[0, 1]``.
+
+    Returns:
+        A 0-dim tensor of ``probs``' dtype, in units of probability, in ``[0, 1]``.
+
+    Raises:
+        ValueError: if ``n_bins`` is not a positive integer or ``probs`` / ``target`` fail
+            :func:`ceexp.checks.check_probabilities`.
+
+    References:
+        Kull et al. (2019), "Beyond temperature scaling: Obtaining well-calibrated multiclass probabilities with
+        Dirichlet calibration", NeurIPS (classwise-ECE).
+
+    Example:
+        One bin: class 0 has mean p 0.5 and frequency 1/2; class 1 mean p 0.5, frequency 1/2: both gaps 0.
+        With 2 bins, each class has 0.75 (a hit) and 0.25 (a miss) in separate bins: gaps 0.25, weight 1/2.
+
+        >>> probs = torch.tensor([[0.75, 0.25], [0.25, 0.75]])
+        >>> target = torch.tensor([0, 1])
+        >>> classwise_calibration_error(probs, target, n_bins=1)
+        tensor(0.)
+        >>> classwise_calibration_error(probs, target, n_bins=2)
+        tensor(0.2500)
+    """
+    _binning_arg_validation(n_bins)
+    check_probabilities(probs, target)
+    return _classwise_compute(*_classwise_update(probs, target, n_bins)).to(probs.dtype)
+
+
+def brier_score(probs: Tensor, target: Tensor) -> Tensor:
+    r"""Multiclass Brier score: :math:`\frac{1}{N} \sum_i \sum_c (p_{ic} - [y_i = c])^2`, in ``[0, 2]``.
+
+    Args:
+        probs: ``(N, C)`` floating class probabilities (rows sum to 1).
+        target: ``(N,)`` int64 class indices in ``[0, C)``.
+
+    Returns:
+        A 0-dim tensor of ``probs``' dtype, in squared probability, 0 for perfect one-hot predictions
+        and 2 for confident wrong ones.
+
+    Raises:
+        ValueError: if ``probs`` / ``target`` fail :func:`ceexp.checks.check_probabilities`.
+
+    References:
+        Brier (1950), "Verification of forecasts expressed in terms of probability", Monthly Weather Review.
+
+    Example:
+        (0.8 - 1)^2 + 0.2^2 = 0.08 and 1^2 + 1^2 = 2, mean 1.04.
+
+        >>> brier_score(torch.tensor([[0.8, 0.2], [1.0, 0.0]]), torch.tensor([0, 1]))
+        tensor(1.0400)
+    """
+    check_probabilities(probs, target)
+    total, count = _brier_update(probs, target)
+    return (total / count).to(probs.dtype)
+
+
+def reliability_bins(probs: Tensor, target: Tensor, n_bins: int = 15) -> ReliabilityBins:
+    """Per-bin mean top-label confidence, accuracy and count: the data of a reliability diagram.
+
+    Uses the binning of :func:`expected_calibration_error`, from whose statistics it is computed.
+
+    Args:
+        probs: ``(N, C)`` floating class probabilities (rows sum to 1).
+        target: ``(N,)`` int64 class indices in ``[0, C)``.
+        n_bins: number of equal-width bins over ``[0, 1]``.
+
+    Returns:
+        :class:`ReliabilityBins` ``(edges, confidence, accuracy, count)``: ``edges`` ``(n_bins + 1,)``,
+        the others ``(n_bins,)``; confidence and accuracy are float64 probabilities and NaN for empty bins
+        (so a plot draws nothing there), ``count`` is int64.
+
+    Raises:
+        ValueError: if ``n_bins`` is not a positive integer or ``probs`` / ``target`` fail
+            :func:`ceexp.checks.check_probabilities`.
+
+    Example:
+        0.6 sits on an edge and joins the bin (0.4, 0.6] below it; 1.0 is in the last bin.
+
+        >>> bins = reliability_bins(torch.tensor([[0.6, 0.4], [0.0, 1.0]]), torch.tensor([0, 0]), n_bins=5)
+        >>> bins.count
+        tensor([0, 0, 1, 0, 1])
+        >>> bins.accuracy
+        tensor([nan, nan, 1., nan, 0.], dtype=torch.float64)
+    """
+    check_positive_int("n_bins", n_bins)
+    check_probabilities(probs, target)
+    return _reliability_compute(*_calibration_error_update(probs, target, n_bins))
+
+
+def mean_confidence(probs: Tensor) -> Tensor:
+    """Mean top-label probability ``mean_i max_c p_ic`` of ``(N, C)`` probabilities; a 0-dim tensor of their dtype.
+
+    Raises:
+        ValueError: if ``probs`` is not a non-empty ``(N, C)`` floating tensor of probabilities.
+
+    Example:
+        >>> mean_confidence(torch.tensor([[0.8, 0.2], [0.4, 0.6]]))
+        tensor(0.7000)
+    """
+    if not isinstance(probs, Tensor) or probs.ndim != 2:
+        shape = tuple(probs.shape) if isinstance(probs, Tensor) else type(probs).__name__
+        raise ValueError(f"Expected `probs` to have shape (N, C), but got {shape}")
+    # the shared check needs targets; class 0 is always in range, so only `probs` is really checked
+    check_probabilities(probs, torch.zeros(probs.shape[0], dtype=torch.int64, device=probs.device))
+    return probs.max(dim=1).values.mean()
+
+
+def negative_log_likelihood(logits: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+    """Negative log-likelihood ``-log softmax(logits)_y`` in nats: ``F.cross_entropy``, whatever the training loss.
+
+    Args:
+        logits: ``(N, C)`` floating unnormalised scores (not probabilities).
+        target: ``(N,)`` int64 class indices in ``[0, C)``.
+        reduction: ``"mean"``, ``"sum"`` (0-dim) or ``"none"`` (``(N,)``).
+
+    Raises:
+        ValueError: if ``reduction`` is unknown or ``logits`` / ``target`` fail
+            :func:`ceexp.checks.check_classification_inputs`.
+
+    Example:
+        >>> negative_log_likelihood(torch.tensor([[0.0, 0.0]]), torch.tensor([1]))
+        tensor(0.6931)
+    """
+    check_choice("reduction", reduction, _REDUCTIONS)
+    check_classification_inputs(logits, target, input_name="logits")
+    return F.cross_entropy(logits, target, reduction=reduction)
+
+
+def nats_to_bits(x: Tensor | float) -> Tensor | float:
+    """Convert an information quantity from nats to bits: ``x / ln 2``.
+
+    Example:
+        >>> nats_to_bits(math.log(2))
+        1.0
+    """
+    return x / math.log(2)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Metric classes
+
+
+class _ProbabilityMetric(Metric):
+    is_differentiable = False
+    higher_is_better = False
+    full_state_update = False
+    plot_lower_bound = 0.0
+
+
+class CalibrationError(_ProbabilityMetric):
+    """Top-label ECE / RMSCE / MCE accumulated over batches; see :func:`expected_calibration_error`.
+
+    State: per-bin ``count`` (int64), ``conf_sum`` and ``correct_sum`` (float64), each ``(n_bins,)``, summed
+    across processes; memory is O(n_bins) whatever the number of samples. ``compute()`` equals the functional
+    form on all samples seen (a float64 0-dim tensor, NaN before any update); :meth:`reliability_bins` gives
+    the per-bin data of a reliability diagram from the same state.
+
+    Args:
+        n_bins: number of equal-width bins over ``[0, 1]``.
+        norm: ``"l1"`` (ECE), ``"l2"`` (RMSCE) or ``"max"`` (MCE).
+        kwargs: passed to :class:`torchmetrics.Metric`.
+
+    Raises:
+        ValueError: on a bad ``n_bins`` or ``norm`` (at construction) or bad ``probs`` / ``target`` (in update).
+
+    Example:
+        >>> metric = CalibrationError(n_bins=5)
+        >>> metric.update(torch.tensor([[1.0, 0.0, 0.0, 0.0]]), torch.tensor([1]))
+        >>> metric.update(torch.tensor([[0.05, 0.9, 0.05, 0.0], [0.3, 0.25, 0.25, 0.2]]), torch.tensor([1, 1]))
+        >>> metric.compute()
+        tensor(0.4000, dtype=torch.float64)
+        >>> metric.reliability_bins().count
+        tensor([0, 1, 0, 0, 2])
+    """
+
+    plot_upper_bound = 1.0
+
+    def __init__(self, n_bins: int = 15, norm: str = "l1", **kwargs) -> None:
+        super().__init__(**kwargs)
+        _binning_arg_validation(n_bins, norm)
+        self.n_bins = n_bins
+        self.norm = norm
+        self.add_state("count", torch.zeros(n_bins, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("conf_sum", torch.zeros(n_bins, dtype=_ACC), dist_reduce_fx="sum")
+        self.add_state("correct_sum", torch.zeros(n_bins, dtype=_ACC), dist_reduce_fx="sum")
+
+    def update(self, probs: Tensor, target: Tensor) -> None:
+        check_probabilities(probs, target)
+        count, conf_sum, correct_sum = _calibration_error_update(probs, target, self.n_bins)
+        self.count += count
+        self.conf_sum += conf_sum
+        self.correct_sum += correct_sum
+
+    def compute(self) -> Tensor:
+        return _calibration_error_compute(self.count, self.conf_sum, self.correct_sum, self.norm)
+
+    def reliability_bins(self) -> ReliabilityBins:
+        """The :class:`ReliabilityBins` of all samples seen (synced across processes like ``compute``)."""
+        with self.sync_context(should_sync=self._to_sync, should_unsync=self._should_unsync):
+            return _reliability_compute(self.count, self.conf_sum, self.correct_sum)
+
+
+class AdaptiveCalibrationError(_ProbabilityMetric):
+    """AdaECE accumulated over batches; see :func:`adaptive_calibration_error`.
+
+    Equal-mass bins need every confidence, so the states are lists (``dist_reduce_fx="cat"``) of the top-label
+    confidences and correctness flags: memory O(N). ``compute()`` returns a float64 0-dim tensor (NaN before
+    any update).
+
+    Args:
+        n_bins: number of equal-mass bins.
+        kwargs: passed to :class:`torchmetrics.Metric`.
+
+    Raises:
+        ValueError: on a bad ``n_bins`` (at construction) or bad ``probs`` / ``target`` (in update).
+    """
+
+    plot_upper_bound = 1.0
+
+    def __init__(self, n_bins: int = 15, **kwargs) -> None:
+        super().__init__(**kwargs)
+        _binning_arg_validation(n_bins)
+        self.n_bins = n_bins
+        self.add_state("confidence", [], dist_reduce_fx="cat")
+        self.add_state("correct", [], dist_reduce_fx="cat")
+
+    def update(self, probs: Tensor, target: Tensor) -> None:
+        check_probabilities(probs, target)
+        confidence, correct = _top_label(probs, target)
+        self.confidence.append(confidence.to(_ACC))
+        self.correct.append(correct.to(_ACC))  # float, not bool: every backend can all-gather it
+
+    def compute(self) -> Tensor:
+        if not self.confidence:
+            return _nan(self.device)
+        confidence, correct = dim_zero_cat(self.confidence), dim_zero_cat(self.correct)
+        return _adaptive_calibration_error_compute(confidence, correct, self.n_bins)
+
+
+class ClasswiseCalibrationError(_ProbabilityMetric):
+    """Classwise-ECE accumulated over batches; see :func:`classwise_calibration_error`.
+
+    State: ``count`` (int64), ``prob_sum`` and ``hit_sum`` (float64), each ``(num_classes, n_bins)``, summed
+    across processes. ``compute()`` returns a float64 0-dim tensor (NaN before any update).
+
+    Args:
+        num_classes: the number of classes C; every ``probs`` must be ``(N, C)``.
+        n_bins: number of equal-width bins over ``[0, 1]``.
+        kwargs: passed to :class:`torchmetrics.Metric`.
+
+    Raises:
+        ValueError: on a bad ``num_classes`` or ``n_bins`` (at construction) or bad ``probs`` / ``target``,
+            including a class count other than ``num_classes`` (in update).
+    """
+
+    plot_upper_bound = 1.0
+
+    def __init__(self, num_classes: int, n_bins: int = 15, **kwargs) -> None:
+        super().__init__(**kwargs)
+        check_positive_int("num_classes", num_classes)
+        _binning_arg_validation(n_bins)
+        self.num_classes = num_classes
+        self.n_bins = n_bins
+        self.add_state("count", torch.zeros(num_classes, n_bins, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("prob_sum", torch.zeros(num_classes, n_bins, dtype=_ACC), dist_reduce_fx="sum")
+        self.add_state("hit_sum", torch.zeros(num_classes, n_bins, dtype=_ACC), dist_reduce_fx="sum")
+
+    def update(self, probs: Tensor, target: Tensor) -> None:
+        check_probabilities(probs, target)
+        if probs.shape[1] != self.num_classes:
+            raise ValueError(
+                f"Expected `probs` to have C={self.num_classes} classes (`num_classes`), "
+                f"but got shape {tuple(probs.shape)}"
+            )
+        count, prob_sum, hit_sum = _classwise_update(probs, target, self.n_bins)
+        self.count += count
+        self.prob_sum += prob_sum
+        self.hit_sum += hit_sum
+
+    def compute(self) -> Tensor:
+        return _classwise_compute(self.count, self.prob_sum, self.hit_sum)
+
+
+class BrierScore(_ProbabilityMetric):
+    """Multiclass Brier score accumulated over batches; see :func:`brier_score`.
+
+    State: ``sum_squares`` (float64) and ``count`` (int64), summed across processes. ``compute()`` returns a
+    float64 0-dim tensor in ``[0, 2]`` (NaN before any update).
+
+    Raises:
+        ValueError: on bad ``probs`` / ``target`` (in update).
+    """
+
+    plot_upper_bound = 2.0
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("sum_squares", torch.zeros((), dtype=_ACC), dist_reduce_fx="sum")
+        self.add_state("count", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
+
+    def update(self, probs: Tensor, target: Tensor) -> None:
+        check_probabilities(probs, target)
+        total, count = _brier_update(probs, target)
+        self.sum_squares += total
+        self.count += count
+
+    def compute(self) -> Tensor:
+        return self.sum_squares / self.count  # 0 / 0 = NaN before any update

@@ -1,0 +1,197 @@
+"""The LightningModule that wires a model, a loss and the calibration metrics together.
+
+It knows nothing about which loss or dataset it holds: the loss is any ``nn.Module`` taking
+logits ``(N, C)`` and int64 targets ``(N,)``. Besides the training objective (``*/loss``) it
+always logs the cross-entropy of the predictions (``*/nll``, nats), so runs trained with
+different objectives are compared on the same axis.
+
+TensorBoard tags (x axis: the global step):
+    per step:   ``train/loss``
+    per epoch:  ``train/loss_epoch``, ``train/nll``, ``val/{loss,nll,nll_bits,acc,ece,mce,adaece,cwece,brier,
+                confidence}``, image ``val/reliability_diagram``
+    test:       ``test/*`` as for val; with a fitted temperature T also ``test/temperature`` and
+                ``test/{nll,nll_bits,acc,ece,mce,adaece,cwece,brier,confidence}_ts`` (metrics of logits / T)
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from ceexp.metrics import AdaptiveCalibrationError, BrierScore, CalibrationError, ClasswiseCalibrationError
+
+__all__ = ["ClassifierModule", "EvalMetrics"]
+
+
+class EvalMetrics(nn.Module):
+    """All evaluation metrics of one stage, updated from logits and accumulated over an epoch.
+
+    ``update(logits (B, C) float, target (B,) int64, objective (B,) float or None)``; ``compute()``
+    returns a dict of python floats with the tag suffixes of the module docstring.
+    """
+
+    def __init__(self, num_classes: int, n_bins: int):
+        super().__init__()
+        self.loss = MeanMetric()
+        self.nll = MeanMetric()
+        self.confidence = MeanMetric()
+        self.acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.ece = CalibrationError(n_bins=n_bins, norm="l1")
+        self.mce = CalibrationError(n_bins=n_bins, norm="max")
+        self.adaece = AdaptiveCalibrationError(n_bins=n_bins)
+        self.cwece = ClasswiseCalibrationError(num_classes=num_classes, n_bins=n_bins)
+        self.brier = BrierScore()
+
+    @torch.no_grad()
+    def update(self, logits: torch.Tensor, target: torch.Tensor, objective: Optional[torch.Tensor] = None) -> None:
+        logits = logits.float()
+        probs = logits.softmax(dim=1)
+        n = target.numel()
+        if objective is not None:
+            self.loss.update(objective.detach(), weight=n)
+        self.nll.update(F.cross_entropy(logits, target, reduction="none"))
+        self.confidence.update(probs.max(dim=1).values)
+        self.acc.update(probs, target)
+        for metric in (self.ece, self.mce, self.adaece, self.cwece, self.brier):
+            metric.update(probs, target)
+
+    def compute(self) -> dict[str, float]:
+        out = {}
+        if self.loss.update_count:
+            out["loss"] = self.loss.compute()
+        out["nll"] = self.nll.compute()
+        out["nll_bits"] = out["nll"] / math.log(2)
+        for name in ("acc", "ece", "mce", "adaece", "cwece", "brier", "confidence"):
+            out[name] = getattr(self, name).compute()
+        return {k: float(v) for k, v in out.items()}
+
+    def reset(self) -> None:
+        for m in self.children():
+            m.reset()
+
+
+class ClassifierModule(pl.LightningModule):
+    """Train ``model`` with ``loss`` and log accuracy, NLL and calibration.
+
+    Args:
+        model: maps ``(B, *input_shape)`` to logits ``(B, C)``.
+        loss: the training objective, ``loss(logits (B, C), target (B,)) -> scalar``.
+        optimizer: a partial optimizer (``optimizer(params=...)``), e.g. from a ``_partial_: true`` config.
+        num_classes: C.
+        scheduler: optional partial LR scheduler (``scheduler(optimizer=...)``), stepped once per epoch.
+        n_bins: bins of the ECE/MCE/AdaECE/classwise ECE metrics.
+        diagram_every_n_epochs: how often the ``val/reliability_diagram`` image is drawn (the last epoch always is).
+        hparams: the plain, resolved run config to store in checkpoints (not logged here: see
+            ``ceexp.tensorboard.log_hparams``, which logs it once with the final metrics).
+
+    Attributes:
+        temperature: ``None``, or a fitted temperature T > 0; when set, ``test`` also logs metrics of ``logits / T``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        num_classes: int,
+        scheduler: Optional[Callable[..., Any]] = None,
+        n_bins: int = 15,
+        diagram_every_n_epochs: int = 1,
+        hparams: Optional[dict] = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters(hparams or {}, logger=False)
+        self.model = model
+        self.loss = loss
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.diagram_every_n_epochs = diagram_every_n_epochs
+        self.train_nll = MeanMetric()
+        self.train_loss = MeanMetric()
+        self.val_metrics = EvalMetrics(num_classes, n_bins)
+        self.test_metrics = EvalMetrics(num_classes, n_bins)
+        self.test_metrics_ts = EvalMetrics(num_classes, n_bins)
+        self.temperature: Optional[float] = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        logits = self.model(x)
+        loss = self.loss(logits, y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite training loss ({loss.item()}) at epoch {self.current_epoch}, step {self.global_step}"
+            )
+        n = y.numel()
+        self.train_loss.update(loss.detach(), weight=n)
+        self.train_nll.update(F.cross_entropy(logits.detach().float(), y, reduction="none"))
+        self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, batch_size=n)
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log_dict(
+            {"train/loss_epoch": self.train_loss.compute(), "train/nll": self.train_nll.compute()},
+            on_step=False,
+            on_epoch=True,
+        )
+        self.train_loss.reset()
+        self.train_nll.reset()
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x, y = batch
+        logits = self.model(x)
+        self.val_metrics.update(logits, y, self.loss(logits, y))
+
+    def on_validation_epoch_end(self) -> None:
+        values = self.val_metrics.compute()
+        if not self.trainer.sanity_checking:
+            self.log_dict({f"val/{k}": v for k, v in values.items()})
+            self._log_diagram()
+        self.val_metrics.reset()
+
+    def _log_diagram(self) -> None:
+        last = self.current_epoch + 1 >= (self.trainer.max_epochs or 0)
+        every = self.diagram_every_n_epochs
+        if not (last or (every and (self.current_epoch + 1) % every == 0)):
+            return
+        experiment = getattr(self.logger, "experiment", None)
+        if self.trainer.is_global_zero and hasattr(experiment, "add_image"):
+            from ceexp.plots import reliability_diagram_image
+
+            image = reliability_diagram_image(
+                self.val_metrics.ece.reliability_bins(),
+                title=f"val, epoch {self.current_epoch}",
+            )
+            experiment.add_image("val/reliability_diagram", image, self.global_step, dataformats="HWC")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        x, y = batch
+        logits = self.model(x)
+        self.test_metrics.update(logits, y, self.loss(logits, y))
+        if self.temperature is not None:
+            self.test_metrics_ts.update(logits / self.temperature, y)
+
+    def on_test_epoch_end(self) -> None:
+        values = {f"test/{k}": v for k, v in self.test_metrics.compute().items()}
+        if self.temperature is not None:
+            values["test/temperature"] = float(self.temperature)
+            values.update({f"test/{k}_ts": v for k, v in self.test_metrics_ts.compute().items()})
+        self.log_dict(values)
+
+    def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0):
+        x, y = batch
+        return self.model(x), y
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer)}}
