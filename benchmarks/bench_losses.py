@@ -1,12 +1,16 @@
-"""Time forward + backward of the ceexp losses against ``F.cross_entropy`` on CPU.
+"""Time forward + backward of the ceexp focal losses against ``F.cross_entropy`` on CPU.
 
-    python benchmarks/bench_losses.py [--n 4096] [--c 100] [--rounds 15] [--number 50]
+    python benchmarks/bench_losses.py [--n 4096] [--c 100] [--rounds 40] [--number 20] [--threads K]
 
-All three losses run interleaved in every round (same inputs, same threads, same machine state), and the
-reported time is the median over rounds of the mean per-call time within a round, so that drift in machine
-load hits every loss alike. Targets: FocalLoss(gamma=2) <= 1.3x and FLSD-53 <= 1.4x cross-entropy.
-Exits 1 if a target is missed. A script, not a test: timings are not asserted in CI.
+All three losses run interleaved in every round (same inputs, same threads, same machine state, the order
+alternating). The reported time is the median over rounds of the mean per-call time within a round, and the
+ratio is the median over rounds of the per-round ratio to cross-entropy, so drift in machine load (other
+processes on a shared box) hits both sides of each ratio alike. The ceexp losses are timed as modules, so
+their per-call input validation is included; ``F.cross_entropy`` is timed bare.
+Targets: FocalLoss(gamma=2) <= 1.3x and FLSD-53 <= 1.4x cross-entropy; exits 1 if one is missed.
+A script, not a test: timings are not asserted in CI.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from ceexp.losses import FocalLoss, SampleDependentFocalLoss  # noqa: E402
+from ceexp.losses import FocalLoss, SampleDependentFocalLoss
 
 TARGETS = {"FocalLoss(gamma=2)": 1.3, "SampleDependentFocalLoss": 1.4}
 
@@ -33,8 +37,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=4096)
     parser.add_argument("--c", type=int, default=100)
-    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds; the median is reported")
-    parser.add_argument("--number", type=int, default=50, help="calls per loss per round")
+    parser.add_argument("--rounds", type=int, default=40, help="interleaved rounds; the median is reported")
+    parser.add_argument("--number", type=int, default=20, help="calls per loss per round")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     args = parser.parse_args()
 
@@ -64,13 +68,18 @@ def main() -> int:
             per_round[name].append((time.perf_counter() - start) / args.number)
 
     median = {name: statistics.median(times) for name, times in per_round.items()}
-    base = median["F.cross_entropy"]
-    print(f"forward+backward, logits ({args.n}, {args.c}) float32, CPU, {torch.get_num_threads()} threads, "
-          f"median of {args.rounds} rounds x {args.number} calls, torch {torch.__version__}")
+    ratios = {
+        name: statistics.median(t / b for t, b in zip(times, per_round["F.cross_entropy"]))
+        for name, times in per_round.items()
+    }
+    print(
+        f"forward+backward, logits ({args.n}, {args.c}) float32, CPU, {torch.get_num_threads()} threads, "
+        f"median of {args.rounds} rounds x {args.number} calls, torch {torch.__version__}"
+    )
     print(f"{'loss':<28}{'ms/call':>10}{'vs CE':>9}{'target':>9}  result")
     ok = True
     for name, t in median.items():
-        ratio = t / base
+        ratio = ratios[name]
         if name in TARGETS:
             passed = ratio <= TARGETS[name]
             ok &= passed

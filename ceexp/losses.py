@@ -8,11 +8,13 @@ Every loss takes logits ``(N, C)`` (floating) and class indices ``(N,)`` (int64)
 Per-sample values are in nats (focal, FLSD-53) or in squared probability (Brier).
 ``reduction`` is one of ``"none"`` (shape ``(N,)``), ``"mean"`` or ``"sum"`` (scalars); samples whose target
 equals ``ignore_index`` contribute 0 and do not count in the mean's denominator (a batch in which every
-target is ignored gives a NaN mean, as ``F.cross_entropy`` does).
+target is ignored gives a NaN mean and a zero gradient, as ``F.cross_entropy`` does).
 """
+
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Union
 
 import torch
 import torch.nn.functional as F
@@ -22,12 +24,12 @@ from torch.autograd.function import once_differentiable
 from ceexp.checks import check_choice, check_classification_inputs, check_non_negative
 
 __all__ = [
-    "focal_loss",
-    "sample_dependent_focal_loss",
-    "brier_loss",
+    "BrierLoss",
     "FocalLoss",
     "SampleDependentFocalLoss",
-    "BrierLoss",
+    "brier_loss",
+    "focal_loss",
+    "sample_dependent_focal_loss",
 ]
 
 Alpha = Union[None, float, Sequence[float], torch.Tensor]
@@ -49,7 +51,7 @@ def _check_probability(name: str, value) -> None:
         raise ValueError(f"Expected argument `{name}` to be a number in [0, 1], but got {value!r}")
 
 
-def _prepare_alpha(alpha: Alpha, dtype: Optional[torch.dtype] = None) -> Union[None, float, torch.Tensor]:
+def _prepare_alpha(alpha: Alpha, dtype: torch.dtype | None = None) -> None | float | torch.Tensor:
     """Validate ``alpha`` and return None, a float in [0, 1], or a 1-D tensor of class weights.
 
     A sequence becomes a tensor of ``dtype`` (default: torch's default dtype); a floating tensor keeps its own.
@@ -61,7 +63,9 @@ def _prepare_alpha(alpha: Alpha, dtype: Optional[torch.dtype] = None) -> Union[N
         _check_probability("alpha", alpha)
         return float(alpha)
     if isinstance(alpha, str):
-        raise ValueError(f"Expected argument `alpha` to be None, a float or a sequence of class weights, but got {alpha!r}")
+        raise ValueError(
+            f"Expected argument `alpha` to be None, a float or a sequence of class weights, but got {alpha!r}"
+        )
     try:
         if isinstance(alpha, torch.Tensor):
             weights = alpha.detach().clone() if alpha.is_floating_point() else alpha.detach().to(dtype)
@@ -72,21 +76,26 @@ def _prepare_alpha(alpha: Alpha, dtype: Optional[torch.dtype] = None) -> Union[N
             f"Expected argument `alpha` to be None, a float or a sequence of class weights, but got {alpha!r}"
         ) from None
     if weights.ndim != 1 or weights.numel() == 0:
-        raise ValueError(f"Expected argument `alpha` to be a non-empty 1-D sequence, but got shape {tuple(weights.shape)}")
+        raise ValueError(
+            f"Expected argument `alpha` to be a non-empty 1-D sequence, but got shape {tuple(weights.shape)}"
+        )
     if not torch.isfinite(weights).all() or (weights < 0).any():
         raise ValueError(f"Expected argument `alpha` to hold finite weights >= 0, but got {weights.tolist()}")
     return weights
 
 
-def _alpha_per_class(alpha: Union[None, float, torch.Tensor], num_classes: int, dtype: torch.dtype, device) -> Optional[torch.Tensor]:
+def _alpha_per_class(
+    alpha: None | float | torch.Tensor, num_classes: int, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor | None:
     """Expand a prepared ``alpha`` into a ``(C,)`` weight tensor (or None), checking it against C."""
     if alpha is None:
         return None
     if isinstance(alpha, float):
         if num_classes != 2:
             raise ValueError(
-                f"Expected argument `alpha` to be a sequence of C={num_classes} per-class weights, but got the float "
-                f"{alpha!r}: a float `alpha` is only defined for C == 2 classes; pass a sequence of C per-class weights"
+                f"Expected argument `alpha` to be a sequence of C={num_classes} per-class weights, but got the "
+                f"float {alpha!r}: a float `alpha` is only defined for C == 2 classes; pass a sequence of C "
+                "per-class weights"
             )
         return torch.tensor([1.0 - alpha, alpha], dtype=dtype, device=device)
     if alpha.numel() != num_classes:
@@ -100,70 +109,75 @@ def _alpha_per_class(alpha: Union[None, float, torch.Tensor], num_classes: int, 
 # kernels (no argument checks; inputs are checked by the callers)
 
 
-class _FocalPerSample(torch.autograd.Function):
-    """Per-sample focal loss ``-w_i (1 - p_i)^gamma_i log p_i`` with a closed-form backward.
+class _Focal(torch.autograd.Function):
+    """Focal loss ``-w_i (1 - p_i)^gamma_i log p_i``, reduced, with a closed-form backward.
 
-    Autograd through ``log_softmax -> gather -> pow`` allocates two ``(N, C)`` buffers in the backward (the
-    scattered gather gradient, then the log_softmax gradient) and runs a dozen small kernels; the closed form
-    needs one buffer, which is what keeps focal within 1.3x of ``F.cross_entropy`` (benchmarks/bench_losses.py).
-    With ``s = log p`` and ``q = 1 - p``: ``d loss / d s = -w q^gamma (1 - gamma p s / q)`` and
-    ``d s / d z_c = [c = y] - softmax(z)_c``.
+    Autograd through ``log_softmax -> gather -> pow -> sum`` would allocate two more ``(N, C)`` buffers in the
+    backward (the scattered gather gradient, then the log_softmax gradient) and run a dozen more small kernels.
+    Here the backward turns the saved log-probabilities into the gradient in place, so one ``(N, C)`` buffer
+    serves the whole step; that is what keeps focal within 1.3x of ``F.cross_entropy``
+    (benchmarks/bench_losses.py). With ``s = log p`` and ``q = 1 - p``:
+    ``d loss / d s = -w q^gamma (1 - gamma p s / q)`` and ``d s / d z_c = [c = y] - softmax(z)_c``.
+    The backward can run once (``retain_graph=True`` then a second backward raises autograd's "modified by an
+    inplace operation" error) and is not itself differentiable.
     """
 
     @staticmethod
-    def forward(ctx, logits, target, weight, gamma, gamma_switch):
+    def forward(ctx, logits, target, weight, keep, gamma, gamma_switch, reduction):
         log_probs = F.log_softmax(logits, dim=1)
         log_pt = log_probs.gather(1, target.unsqueeze(1)).squeeze(1)
         if gamma_switch is None and gamma == 0.0:
             loss = (weight * log_pt).neg_()  # exactly (weighted) cross-entropy
-            dloss_dlogpt = weight.neg()
+            minus_dloss_dlogpt = weight
         else:
             pt = log_pt.exp()
             if gamma_switch is not None:  # FLSD: gamma per sample from p_y; no gradient flows through the choice
                 threshold, gamma_low, gamma_high = gamma_switch
-                gamma = torch.where(pt < threshold, gamma_low, gamma_high).to(pt.dtype)
+                gamma = torch.full_like(pt, gamma_high).masked_fill_(pt < threshold, gamma_low)
             # 1 - p from expm1 keeps its relative accuracy when p is near 1. At p == 1 exactly, q^(gamma - 1) is
             # infinite for gamma < 1; the clamp makes gamma p loss / q read 0 / tiny = 0 there, its limit.
-            one_minus_pt = torch.expm1(log_pt).neg_().clamp_(min=torch.finfo(logits.dtype).tiny)
+            one_minus_pt = torch.expm1(log_pt).neg_().clamp_(min=torch.finfo(log_pt.dtype).tiny)
             scale = one_minus_pt.pow(gamma).mul_(weight)
             loss = (scale * log_pt).neg_()
-            # d loss / d s = -(scale + gamma p loss / q), with s = log p, scale = w q^gamma, loss = -scale s
-            dloss_dlogpt = pt.mul_(loss).mul_(gamma).div_(one_minus_pt).add_(scale).neg_()
-        ctx.save_for_backward(log_probs, target, dloss_dlogpt)
-        return loss
+            # -d loss / d s = scale + gamma p loss / q, with scale = w q^gamma and loss = -scale s
+            minus_dloss_dlogpt = pt.mul_(loss).mul_(gamma).div_(one_minus_pt).add_(scale)
+        ctx.save_for_backward(log_probs, target, minus_dloss_dlogpt)
+        ctx.reduction = reduction
+        if reduction == "none":
+            return loss
+        if reduction == "sum":
+            return loss.sum()
+        ctx.count = keep.sum()
+        return loss.sum() / ctx.count  # NaN when every target is ignored, as in F.cross_entropy
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_loss):
-        log_probs, target, dloss_dlogpt = ctx.saved_tensors
-        coef = (dloss_dlogpt * grad_loss).unsqueeze(1)
-        grad_logits = torch.exp(log_probs).mul_(coef.neg())  # coef * (onehot(y) - softmax(z)), in one buffer
-        grad_logits.scatter_add_(1, target.unsqueeze(1), coef)
-        return grad_logits, None, None, None, None
+        log_probs, target, minus_dloss_dlogpt = ctx.saved_tensors
+        if ctx.reduction == "mean":
+            grad_loss = grad_loss / ctx.count.clamp(min=1)  # zero gradient when every target is ignored
+        h = (minus_dloss_dlogpt * grad_loss).unsqueeze(1)
+        # d/dz = -h (onehot(y) - softmax(z)) = h softmax(z) - h onehot(y), built in the log_probs buffer
+        grad_logits = log_probs.exp_().mul_(h)
+        grad_logits.scatter_add_(1, target.unsqueeze(1), h.neg())
+        return grad_logits, None, None, None, None, None, None
 
 
 def _keep_and_safe_target(target: torch.Tensor, ignore_index: int):
+    """The non-ignored mask ``(N,)`` and targets safe to gather with (ignored rows read class 0, weighted 0)."""
     keep = target != ignore_index
-    return keep, torch.where(keep, target, 0)  # ignored rows read class 0, then get weight 0
-
-
-def _reduce(loss: torch.Tensor, keep: torch.Tensor, reduction: str) -> torch.Tensor:
-    if reduction == "none":
-        return loss
-    total = loss.sum()
-    if reduction == "sum":
-        return total
-    return total / keep.sum()
+    # validated targets lie in [0, C) or equal ignore_index, so a negative ignore_index is the only negative value
+    return keep, (target.clamp(min=0) if ignore_index < 0 else target * keep)
 
 
 def _focal(
     logits: torch.Tensor,
     target: torch.Tensor,
-    gamma: Optional[float],
-    alpha: Optional[torch.Tensor],
+    gamma: float | None,
+    alpha: torch.Tensor | None,
     reduction: str,
     ignore_index: int,
-    gamma_switch: Optional[tuple] = None,
+    gamma_switch: tuple | None = None,
 ) -> torch.Tensor:
     """The focal kernel shared by the focal and FLSD-53 losses.
 
@@ -171,9 +185,8 @@ def _focal(
     ``gamma_low`` where ``p_y < threshold`` and ``gamma_high`` elsewhere.
     """
     keep, safe_target = _keep_and_safe_target(target, ignore_index)
-    weight = keep.to(logits.dtype) if alpha is None else alpha[safe_target] * keep
-    loss = _FocalPerSample.apply(logits, safe_target, weight, gamma, gamma_switch)
-    return _reduce(loss, keep, reduction)
+    weight = keep if alpha is None else alpha[safe_target] * keep  # a bool mask multiplies as 0 / 1
+    return _Focal.apply(logits, safe_target, weight, keep, gamma, gamma_switch, reduction)
 
 
 def _brier(logits: torch.Tensor, target: torch.Tensor, reduction: str, ignore_index: int) -> torch.Tensor:
@@ -181,7 +194,13 @@ def _brier(logits: torch.Tensor, target: torch.Tensor, reduction: str, ignore_in
     probs = F.log_softmax(logits, dim=1).exp()
     diff = probs - F.one_hot(safe_target, logits.shape[1]).to(probs.dtype)
     loss = diff.square().sum(dim=1) * keep
-    return _reduce(loss, keep, reduction)
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    count = keep.sum()
+    # NaN when every target is ignored, as in F.cross_entropy, with a zero gradient (where() routes none to it)
+    return torch.where(count > 0, loss.sum() / count.clamp(min=1), torch.nan)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -249,9 +268,10 @@ def sample_dependent_focal_loss(
     r"""Sample-dependent focal loss FLSD-53 of Mukhoti et al. 2020, "Calibrating Deep Neural Networks using
     Focal Loss" (NeurIPS), Sec. 5.
 
-    The focal loss :math:`-(1 - p_i)^{\gamma_i} \log p_i` with a per-sample :math:`\gamma_i`: ``gamma_low``
-    (5) where :math:`p_i < ` ``threshold`` (0.2), else ``gamma_high`` (3). The choice of :math:`\gamma_i` is made
-    on the detached :math:`p_i`, so no gradient flows through the switch.
+    The focal loss :math:`-(1 - p_i)^{\gamma_i} \log p_i` with a per-sample :math:`\gamma_i`, ``gamma_low``
+    (5) where ``p_i < threshold`` (0.2) and ``gamma_high`` (3) elsewhere. The choice of :math:`\gamma_i` is
+    made on the detached :math:`p_i`, so no gradient flows through the switch; the per-sample :math:`\gamma_i`
+    then enter the same kernel as :func:`focal_loss`.
 
     Args:
         logits: ``(N, C)`` unnormalised scores, floating dtype, finite.
