@@ -22,7 +22,6 @@ import time
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from ceexp.losses import FocalLoss, SampleDependentFocalLoss
 
 TARGETS = {"FocalLoss(gamma=2)": 1.3, "SampleDependentFocalLoss": 1.4}
@@ -74,7 +73,8 @@ def main() -> int:
     }
     print(
         f"forward+backward, logits ({args.n}, {args.c}) float32, CPU, {torch.get_num_threads()} threads, "
-        f"median of {args.rounds} rounds x {args.number} calls, torch {torch.__version__}"
+        f"median of {args.rounds} rounds x {args.number} calls, torch {torch.__version__}, "
+        f"load average {os.getloadavg()[0]:.2f} (other processes on the cores skew the ratios; rerun when idle)"
     )
     print(f"{'loss':<28}{'ms/call':>10}{'vs CE':>9}{'target':>9}  result")
     ok = True

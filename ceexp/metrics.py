@@ -474,10 +474,20 @@ def nats_to_bits(x: Tensor | float) -> Tensor | float:
 
 
 class _ProbabilityMetric(Metric):
+    """Shared flags; ``validate_args=False`` skips the per-update input checks (for softmax outputs)."""
+
     is_differentiable = False
     higher_is_better = False
     full_state_update = False
     plot_lower_bound = 0.0
+
+    def __init__(self, validate_args: bool = True, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.validate_args = validate_args
+
+    def _check(self, probs: Tensor, target: Tensor) -> None:
+        if self.validate_args:
+            check_probabilities(probs, target)
 
 
 class CalibrationError(_ProbabilityMetric):
@@ -518,7 +528,7 @@ class CalibrationError(_ProbabilityMetric):
         self.add_state("correct_sum", torch.zeros(n_bins, dtype=_ACC), dist_reduce_fx="sum")
 
     def update(self, probs: Tensor, target: Tensor) -> None:
-        check_probabilities(probs, target)
+        self._check(probs, target)
         count, conf_sum, correct_sum = _calibration_error_update(probs, target, self.n_bins)
         self.count += count
         self.conf_sum += conf_sum
@@ -531,6 +541,17 @@ class CalibrationError(_ProbabilityMetric):
         """The :class:`ReliabilityBins` of all samples seen (synced across processes like ``compute``)."""
         with self.sync_context(should_sync=self._to_sync, should_unsync=self._should_unsync):
             return _reliability_compute(self.count, self.conf_sum, self.correct_sum)
+
+    def summary(self) -> dict[str, Tensor]:
+        """Everything the per-bin sums give, from one sync: ``ece`` (l1), ``rmsce`` (l2), ``mce`` (max),
+        ``acc`` (top-label accuracy) and ``confidence`` (mean top-label probability), float64 0-dim tensors."""
+        with self.sync_context(should_sync=self._to_sync, should_unsync=self._should_unsync):
+            n = self.count.sum().to(_ACC)
+            out = {name: _calibration_error_compute(self.count, self.conf_sum, self.correct_sum, norm)
+                   for name, norm in (("ece", "l1"), ("rmsce", "l2"), ("mce", "max"))}
+            out["acc"] = self.correct_sum.sum() / n
+            out["confidence"] = self.conf_sum.sum() / n
+            return out
 
 
 class AdaptiveCalibrationError(_ProbabilityMetric):
@@ -558,7 +579,7 @@ class AdaptiveCalibrationError(_ProbabilityMetric):
         self.add_state("correct", [], dist_reduce_fx="cat")
 
     def update(self, probs: Tensor, target: Tensor) -> None:
-        check_probabilities(probs, target)
+        self._check(probs, target)
         confidence, correct = _top_label(probs, target)
         self.confidence.append(confidence.to(_ACC))
         self.correct.append(correct.to(_ACC))  # float, not bool: every backend can all-gather it
@@ -599,7 +620,7 @@ class ClasswiseCalibrationError(_ProbabilityMetric):
         self.add_state("hit_sum", torch.zeros(num_classes, n_bins, dtype=_ACC), dist_reduce_fx="sum")
 
     def update(self, probs: Tensor, target: Tensor) -> None:
-        check_probabilities(probs, target)
+        self._check(probs, target)
         if probs.shape[1] != self.num_classes:
             raise ValueError(
                 f"Expected `probs` to have C={self.num_classes} classes (`num_classes`), "
@@ -632,7 +653,7 @@ class BrierScore(_ProbabilityMetric):
         self.add_state("count", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
 
     def update(self, probs: Tensor, target: Tensor) -> None:
-        check_probabilities(probs, target)
+        self._check(probs, target)
         total, count = _brier_update(probs, target)
         self.sum_squares += total
         self.count += count

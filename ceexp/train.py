@@ -138,7 +138,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     config = OmegaConf.to_container(cfg, resolve=True)
     module = ClassifierModule(
         model, loss, optimizer, datamodule.n_classes, scheduler,
-        n_bins=cfg.n_bins, diagram_every_n_epochs=cfg.get("diagram_every_n_epochs", 1), hparams=config,
+        n_bins=cfg.n_bins, diagram_every_n_epochs=cfg.get("diagram_every_n_epochs", 10), hparams=config,
     )
     callbacks = _instantiate_dict(cfg.get("callbacks"), "callbacks")
     loggers = _instantiate_dict(cfg.get("logger"), "logger")
