@@ -170,7 +170,8 @@ class ClassifierModule(pl.LightningModule):
 
             image = reliability_diagram_image(
                 self.val_metrics.ece.reliability_bins(),
-                title=f"val, epoch {self.current_epoch}",
+                title=f"validation, epoch {self.current_epoch + 1}",
+                ece=float(self.val_metrics.ece.compute()),
             )
             experiment.add_image("val/reliability_diagram", image, self.global_step, dataformats="HWC")
 

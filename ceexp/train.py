@@ -95,7 +95,24 @@ def _choices() -> dict[str, str]:
 
     if not HydraConfig.initialized():
         return {}
-    return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra")}
+    return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items()
+            if k in HPARAM_GROUPS and v is not None}
+
+
+HPARAM_GROUPS = ("seed", "data", "model", "loss", "optimizer", "scheduler", "n_bins")
+
+
+def hparams_of(config: dict) -> dict[str, Any]:
+    """The hyperparameters shown in TensorBoard's HParams tab: the chosen option of each config group
+    (``loss: focal``), then the flattened settings of the groups that define the experiment
+    (``loss.gamma``, ``optimizer.lr``, ...) and ``trainer.max_epochs``; no ``_target_`` or paths."""
+    from ceexp.tensorboard import flatten
+
+    params: dict[str, Any] = dict(_choices())
+    chosen = {k: config[k] for k in HPARAM_GROUPS if config.get(k) is not None}
+    params.update({k: v for k, v in flatten(chosen).items() if not k.endswith(("_target_", "_partial_"))})
+    params["trainer.max_epochs"] = config["trainer"].get("max_epochs")
+    return params
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -118,7 +135,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from ceexp.files import write_json
     from ceexp.module import ClassifierModule
     from ceexp.plots import save_reliability_diagrams
-    from ceexp.tensorboard import flatten, log_hparams
+    from ceexp.tensorboard import log_hparams
 
     validate_config(cfg)
     started = time.time()
@@ -167,8 +184,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     save_reliability_diagrams(run_dir / "reliability_diagram.png", panels,
                               suptitle=f"loss={loss_name}, test accuracy {100 * metrics['test/acc']:.1f}%")
 
-    params = flatten(config)
-    params.update(_choices())
+    params = hparams_of(config)
     for logger in loggers:
         log_hparams(logger, params, metrics)
         logger.finalize("success")
