@@ -198,6 +198,20 @@ class ClassifierModule(pl.LightningModule):
         x, y = batch
         return self.model(x), y
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # dropout draws from the global RNG: a resumed run continues the same stream
+        checkpoint["torch_rng_state"] = torch.get_rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # applied when the first resumed epoch starts, after the data loaders have been built as in a fresh run
+        self._rng_state_to_restore = checkpoint.get("torch_rng_state")
+
+    def on_train_epoch_start(self) -> None:
+        state = getattr(self, "_rng_state_to_restore", None)
+        if state is not None:
+            torch.set_rng_state(state)
+            self._rng_state_to_restore = None
+
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=self.parameters())
         if self.scheduler_factory is None:

@@ -20,6 +20,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from ceexp.runs import FailedJobs, RunInterrupted, resume_argv, write_status
 from ceexp.validation import CONFIG_DIR, ConfigError, check_group_choices, validate_config
 
 __all__ = ["train", "build_loss", "main"]
@@ -79,15 +80,19 @@ def build_loss(loss_cfg: DictConfig, train_labels: torch.Tensor, n_classes: int)
     return _instantiate(loss_cfg, "loss", **kwargs)
 
 
-def _instantiate_dict(group: DictConfig | None, field: str) -> list:
-    """Instantiate every entry of a callbacks/logger dict that has a ``_target_`` (``null`` entries are skipped)."""
+def _instantiate_dict(group: DictConfig | None, field: str, purge_step: int | None = None) -> list:
+    """Instantiate every entry of a callbacks/logger dict that has a ``_target_`` (``null`` entries are skipped).
+
+    ``purge_step`` goes to TensorBoard loggers (``SummaryWriter(purge_step=...)``) when resuming.
+    """
     if not group:
         return []
-    return [
-        _instantiate(node, f"{field}.{name}")
-        for name, node in group.items()
-        if isinstance(node, DictConfig) and "_target_" in node
-    ]
+    out = []
+    for name, node in group.items():
+        if isinstance(node, DictConfig) and "_target_" in node:
+            extra = {"purge_step": purge_step} if purge_step is not None and "TensorBoard" in node._target_ else {}
+            out.append(_instantiate(node, f"{field}.{name}", **extra))
+    return out
 
 
 def _choices() -> dict[str, str]:
@@ -132,7 +137,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     import pytorch_lightning as pl
 
     from ceexp.calibration import TemperatureScaler
-    from ceexp.files import write_json
     from ceexp.module import ClassifierModule
     from ceexp.plots import save_reliability_diagrams
     from ceexp.tensorboard import log_hparams
@@ -157,21 +161,32 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         model, loss, optimizer, datamodule.n_classes, scheduler,
         n_bins=cfg.n_bins, diagram_every_n_epochs=cfg.get("diagram_every_n_epochs", 10), hparams=config,
     )
+    ckpt_path, resumed_step = _checkpoint_to_resume(cfg)
     callbacks = _instantiate_dict(cfg.get("callbacks"), "callbacks")
-    loggers = _instantiate_dict(cfg.get("logger"), "logger")
+    # resuming: TensorBoard drops what the interrupted run logged after the checkpoint, so no step repeats
+    loggers = _instantiate_dict(cfg.get("logger"), "logger", purge_step=resumed_step)
     trainer = _instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
 
-    trainer.fit(module, datamodule=datamodule)
-    metrics: dict[str, Any] = {
-        k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))
-    }
-    if cfg.temperature_scaling:
-        batches = trainer.predict(module, dataloaders=datamodule.val_dataloader())
-        logits = torch.cat([b[0] for b in batches])
-        target = torch.cat([b[1] for b in batches])
-        module.temperature = TemperatureScaler().fit(logits, target).temperature
-    for result in trainer.test(module, datamodule=datamodule, verbose=False):
-        metrics.update({k: float(v) for k, v in result.items()})
+    write_status(run_dir, "running")
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        if not any(k.startswith("val/") for k in trainer.callback_metrics):
+            trainer.validate(module, datamodule=datamodule, verbose=False)  # resumed after its last epoch
+        metrics = {k: v for k, v in _numbers(trainer.callback_metrics).items() if k.startswith(("train/", "val/"))}
+        if cfg.temperature_scaling:
+            batches = trainer.predict(module, dataloaders=datamodule.val_dataloader())
+            logits = torch.cat([b[0] for b in batches])
+            target = torch.cat([b[1] for b in batches])
+            module.temperature = TemperatureScaler().fit(logits, target).temperature
+        for result in trainer.test(module, datamodule=datamodule, verbose=False):
+            metrics.update(_numbers(result))
+    except (KeyboardInterrupt, SystemExit) as e:  # Ctrl+C (Lightning turns it into SystemExit) or SIGTERM
+        write_status(run_dir, "interrupted", error=f"{type(e).__name__} at epoch {trainer.current_epoch}, "
+                     f"step {trainer.global_step}", **_numbers(trainer.callback_metrics))
+        raise RunInterrupted(run_dir, trainer.current_epoch) from None
+    except Exception as e:
+        write_status(run_dir, "failed", error=_one_line(e), **_numbers(trainer.callback_metrics))
+        raise
     metrics = dict(sorted(metrics.items()))
 
     loss_name = _choices().get("loss", cfg.loss._target_.rsplit(".", 1)[-1])
@@ -188,33 +203,96 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     for logger in loggers:
         log_hparams(logger, params, metrics)
         logger.finalize("success")
-    result = {"status": "completed", **metrics, "time/seconds": time.time() - started}
-    write_json(run_dir / "metrics.json", result)
+    result = write_status(run_dir, "completed", **metrics, **{"time/seconds": time.time() - started})
     log.info("test: acc %.4f  nll %.4f  ece %.4f -> ece_ts %.4f (T=%s)  run dir %s",
              metrics["test/acc"], metrics["test/nll"], metrics["test/ece"], metrics.get("test/ece_ts", float("nan")),
              module.temperature, run_dir)
     return result
 
 
+def _numbers(values: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in values.items()}
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _checkpoint_to_resume(cfg: DictConfig) -> tuple[str | None, int | None]:
+    """``(path of last.ckpt, its global step)`` when ``cfg.resume`` names a run with one, else ``(None, None)``.
+
+    A resumed run whose checkpoint is missing (killed before its first epoch ended) starts over in
+    place: TensorBoard purges from step 0.
+    """
+    if not cfg.get("resume"):
+        return None, None
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    if not ckpt.is_file():
+        log.warning("resume: no %s; starting this run over in place", ckpt)
+        return None, 0
+    step = int(torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)["global_step"])
+    log.info("resume: continuing from %s (step %d)", ckpt, step)
+    return str(ckpt), step
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         metrics = train(cfg)
     except ConfigError as e:
+        if multirun:  # one bad cell of a grid: record it and let the sweep go on
+            write_status(run_dir, "failed", error=f"ConfigError: {e}")
+            log.error("job failed: %s", e)
+            return float("nan")
         print(f"error: {e}", file=sys.stderr)
+        _remove_if_fresh(run_dir, cfg)
         sys.exit(2)
+    except RunInterrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
+        sys.exit(130)
+    except FloatingPointError as e:  # already recorded as failed in metrics.json
+        if multirun:
+            log.error("job failed: %s", e)
+            return float("nan")
+        print(f"error: {e}; the last good checkpoint is in {run_dir / 'checkpoints'}", file=sys.stderr)
+        sys.exit(1)
+    except Exception as e:
+        if multirun:
+            log.exception("job failed: %s", _one_line(e))
+            return float("nan")
+        raise
     # the value a Hydra sweeper (Optuna) optimises
     return metrics.get(cfg.get("optimized_metric") or "val/nll", float("nan"))
 
 
+def _remove_if_fresh(run_dir: Path, cfg: DictConfig) -> None:
+    """Remove a new run folder that holds nothing but Hydra's own record (a config refused before training)."""
+    import shutil
+
+    if cfg.get("resume") or not run_dir.is_dir():
+        return
+    if {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
 def main() -> None:
-    """Command-line entry: refuse unknown ``group=option`` names in one line, then run Hydra."""
+    """Command-line entry: resume and group-choice checks in one line each, then Hydra; exit 1 if a sweep job failed."""
     try:
-        check_group_choices(sys.argv[1:])
-    except ConfigError as e:
+        args = resume_argv(sys.argv[1:])
+        check_group_choices(args)
+    except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    sys.argv[1:] = args
     _hydra_main()
+    if FailedJobs.failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

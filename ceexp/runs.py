@@ -1,0 +1,109 @@
+"""The life of a run folder: its status, its failure record, and its resumption.
+
+Every run folder has a ``metrics.json`` whose ``"status"`` says where the run stands:
+
+``running``      written when training starts (a run killed with SIGKILL keeps it);
+``completed``    with the final metrics;
+``failed``       with ``"error"``: one line, e.g. a non-finite loss or a bad value in one cell of a sweep;
+``interrupted``  SIGINT or SIGTERM: ``checkpoints/last.ckpt`` holds the last completed epoch.
+
+``python scripts/train.py resume=<run dir>`` re-runs the folder's own command-line overrides in the
+same folder from ``checkpoints/last.ckpt`` (see :func:`resume_argv`).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["STATUSES", "RunInterrupted", "write_status", "read_status", "resume_argv", "FailedJobs"]
+
+STATUSES = ("running", "completed", "failed", "interrupted")
+
+
+class RunInterrupted(Exception):
+    """Training stopped by SIGINT or SIGTERM; ``metrics.json`` says ``interrupted``."""
+
+    def __init__(self, run_dir: str | Path, epoch: int):
+        self.run_dir = Path(run_dir)
+        super().__init__(
+            f"stopped in epoch {epoch}; continue with: python scripts/train.py resume={self.run_dir}"
+        )
+
+
+def write_status(run_dir: str | Path, status: str, **fields: Any) -> dict:
+    """Write ``metrics.json`` = ``{"status": status, **fields}`` atomically; returns the dict."""
+    from ceexp.files import write_json
+
+    if status not in STATUSES:
+        raise ValueError(f"Expected `status` to be one of {list(STATUSES)}, but got {status!r}")
+    record = {"status": status, **fields, "time/finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    write_json(Path(run_dir) / "metrics.json", record)
+    return record
+
+
+def read_status(run_dir: str | Path) -> str:
+    """The ``status`` of a run folder, or ``"unknown"`` when it has no (readable) ``metrics.json``."""
+    from ceexp.files import read_json
+
+    try:
+        return str(read_json(Path(run_dir) / "metrics.json").get("status", "unknown"))
+    except (OSError, ValueError):
+        return "unknown"
+
+
+def resume_argv(argv: list[str]) -> list[str]:
+    """Rewrite ``[..., "resume=DIR", ...]`` into the command line that continues DIR in place.
+
+    The run's own overrides come from ``DIR/.hydra/overrides.yaml`` (so the config is composed exactly
+    as before); ``hydra.run.dir=DIR`` puts the run in the same folder, and ``hydra.output_subdir=null``
+    keeps Hydra from rewriting the folder's ``.hydra/`` record. Other arguments are refused: a resumed run
+    must be the same run.
+
+    Raises:
+        ValueError: DIR is not a run folder, or other overrides were given.
+    """
+    import yaml
+
+    resume = [a for a in argv if a.startswith("resume=")]
+    if not resume:
+        return argv
+    others = [a for a in argv if not a.startswith("resume=")]
+    run_dir = Path(resume[-1].split("=", 1)[1]).expanduser()
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    if not overrides_file.is_file():
+        raise ValueError(f"resume={run_dir} is invalid: expected a run folder with .hydra/overrides.yaml")
+    if others:
+        raise ValueError(f"resume={run_dir} takes no other overrides, but got {' '.join(others)}")
+    overrides = yaml.safe_load(overrides_file.read_text()) or []
+    overrides = [o for o in overrides if not o.startswith(("resume=", "hydra."))]
+    return [*overrides, f"hydra.run.dir={run_dir}", "hydra.output_subdir=null", f"resume={run_dir.resolve()}"]
+
+
+try:
+    from hydra.experimental.callback import Callback
+except ImportError:  # pragma: no cover - hydra < 1.2
+    Callback = object
+
+
+class FailedJobs(Callback):
+    """Hydra callback: after a sweep, list the jobs whose ``metrics.json`` is not ``completed``.
+
+    It runs in the launching process whatever the launcher (jobs may have run in worker processes), and
+    records the failures in :attr:`FailedJobs.failed`, which ``ceexp.train.main`` turns into exit code 1.
+    """
+
+    failed: list[str] = []
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        sweep = Path(config.hydra.sweep.dir)
+        jobs = sorted(p.parent for p in sweep.glob("*/.hydra"))
+        bad = [(job, read_status(job)) for job in jobs if read_status(job) != "completed"]
+        FailedJobs.failed[:] = [str(job) for job, _ in bad]
+        if bad:
+            import logging
+
+            log = logging.getLogger("ceexp")
+            log.error("%d of %d jobs did not complete:", len(bad), len(jobs))
+            for job, status in bad:
+                log.error("  %s: %s", job.name, status)
