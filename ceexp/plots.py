@@ -5,6 +5,10 @@ samples in each bin against the bin's confidence range. A perfectly calibrated m
 diagonal; bars below it are over-confident. Under each diagram a histogram shows the share of
 samples per bin, since ECE weights each bin's gap by that share.
 
+The comparison of a sweep (``ceexp.compare``) draws its figures here too: per-group curves with a min-max
+band, a scatter with one point per run, paired bars (before / after temperature scaling), and a grid of
+the runs' own reliability diagrams.
+
 Figures are built with matplotlib's object API (no pyplot state), so they are safe in a training loop.
 """
 from __future__ import annotations
@@ -14,7 +18,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-__all__ = ["draw_reliability_diagram", "reliability_diagram_image", "save_reliability_diagrams"]
+__all__ = [
+    "draw_reliability_diagram", "group_colors", "reliability_diagram_image", "save_curves", "save_image_grid",
+    "save_paired_bars", "save_reliability_diagrams", "save_scatter",
+]
 
 
 def _figure(width: float, height: float, dpi: int = 100, layout: Optional[str] = "constrained"):
@@ -109,3 +116,167 @@ def save_reliability_diagrams(
     fig.savefig(tmp, format="png")
     os.replace(tmp, path)
     return path
+
+
+# ---------------------------------------------------------------------------------------------------------
+# sweep comparison figures (ceexp.compare): one colour per group, the same in every figure
+
+
+def group_colors(n: int) -> list:
+    """``n`` distinct colours (matplotlib's tab10, or tab20 beyond 10 groups), as RGBA tuples."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def _save(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Save ``fig`` as a PNG under a temporary name, then rename it to ``path``."""
+    import os
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png", dpi=dpi)
+    os.replace(tmp, path)
+    return path
+
+
+# a marker and a dash pattern per group as well as a colour: groups whose curves coincide stay distinguishable
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
+_DASHES = ("-", "--", "-.", ":")
+
+
+def _legend_outside(ax, n: int) -> None:
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False,
+              title="group", title_fontsize=9, ncol=1 if n <= 16 else 2)
+
+
+def save_curves(path: str | Path, curves: Sequence[tuple], title: str, xlabel: str, ylabel: str) -> Path:
+    """Per-group curves over epochs: the mean line, and a band from the minimum to the maximum over the runs.
+
+    Args:
+        path: destination ``.png``.
+        curves: ``(label, color, x, mean, low, high, n_runs)`` per group; ``x``, ``mean``, ``low`` and
+            ``high`` are equal-length sequences (epochs and the statistics over the group's runs at each);
+            ``n_runs`` is shown in the legend.
+        title, xlabel, ylabel: axis texts (name the units, e.g. "validation NLL (nats)").
+    """
+    fig = _figure(9.0, 5.0)
+    ax = fig.add_subplot()
+    for i, (label, color, x, mean, low, high, n_runs) in enumerate(curves):
+        x = np.asarray(x, dtype=float)
+        ax.plot(x, mean, color=color, linewidth=1.8, linestyle=_DASHES[i % len(_DASHES)],
+                marker=_MARKERS[i % len(_MARKERS)] if len(x) <= 30 else None, markersize=5, markevery=max(1, len(x) // 15),
+                label=f"{label} (n={n_runs})")
+        if n_runs > 1:
+            ax.fill_between(x, low, high, color=color, alpha=0.2, linewidth=0)
+    ax.set_title(title, fontsize=11)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _legend_outside(ax, len(curves))
+    return _save(fig, path)
+
+
+def save_scatter(path: str | Path, groups: Sequence[tuple], title: str, xlabel: str, ylabel: str) -> Path:
+    """One point per run, coloured by group.
+
+    Args:
+        groups: ``(label, color, x, y)`` per group, ``x`` and ``y`` the runs' values (equal lengths).
+    """
+    fig = _figure(8.5, 5.0)
+    ax = fig.add_subplot()
+    for i, (label, color, x, y) in enumerate(groups):
+        ax.scatter(x, y, color=color, marker=_MARKERS[i % len(_MARKERS)], s=40, alpha=0.85, edgecolor="black",
+                   linewidth=0.5, label=f"{label} (n={len(x)})", zorder=3)
+    ax.set_title(title, fontsize=11)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    _legend_outside(ax, len(groups))
+    return _save(fig, path)
+
+
+def save_paired_bars(
+    path: str | Path, groups: Sequence[tuple], names: tuple[str, str], title: str, ylabel: str, subtitle: str = ""
+) -> Path:
+    """Two bars per group (e.g. before and after temperature scaling): the mean over the runs, each run a dot,
+    the runs' pairs joined by a line.
+
+    Args:
+        groups: ``(label, color, before, after, note)`` per group: ``before`` and ``after`` the runs' paired
+            values (equal lengths), ``note`` a short text over the pair (e.g. the mean temperature) or ``""``.
+        names: legend names of the first and second bar.
+        subtitle: a smaller line under the title (how to read the figure).
+    """
+    from matplotlib.patches import Patch
+
+    n = len(groups)
+    fig = _figure(max(6.0, 1.1 * n + 2.5), 5.2)
+    ax = fig.add_subplot()
+    width = 0.38
+    top = 0.0
+    for i, (label, color, before, after, note) in enumerate(groups):
+        before, after = np.asarray(before, dtype=float), np.asarray(after, dtype=float)
+        xs = (i - width / 2, i + width / 2)
+        ax.bar(xs[0], np.nanmean(before), width, color=color, edgecolor="black", linewidth=0.6)
+        ax.bar(xs[1], np.nanmean(after), width, color=color, alpha=0.45, edgecolor="black", linewidth=0.6,
+               hatch="//")
+        for b, a in zip(before, after):
+            ax.plot(xs, (b, a), color="black", linewidth=0.6, alpha=0.6, marker="o", markersize=3, zorder=3)
+        high = float(np.nanmax(np.concatenate([before, after]))) if len(before) else 0.0
+        top = max(top, high)
+        if note:
+            ax.annotate(note, (i, high), xytext=(0, 4), textcoords="offset points", ha="center", va="bottom",
+                        fontsize=8)
+    ax.set_xticks(range(n))
+    ax.set_xticklabels([g[0] for g in groups], rotation=30 if n > 4 else 0, ha="right" if n > 4 else "center",
+                       fontsize=8)
+    ax.set_xlim(-0.6, n - 0.4)
+    ax.set_ylim(0, top * 1.15 if top > 0 else 1)
+    fig.suptitle(title, fontsize=11)
+    if subtitle:
+        ax.set_title(subtitle, fontsize=9, color="dimgray")
+    ax.set_ylabel(ylabel)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(handles=[Patch(facecolor="lightgray", edgecolor="black", label=names[0]),
+                       Patch(facecolor="white", edgecolor="black", hatch="//", label=names[1])],
+              loc="upper right", fontsize=8, frameon=False)
+    return _save(fig, path)
+
+
+def save_image_grid(
+    path: str | Path, images: Sequence[tuple], title: str, ncols: int = 3, tile_width: float = 8.0
+) -> Path:
+    """Tile PNG files into one figure, each under its caption.
+
+    Args:
+        images: ``(png path or None, caption)`` per tile; a missing file leaves a tile that says so.
+        title: a title over all tiles.
+        ncols: tiles per row (at most).
+        tile_width: width of a tile in inches (the run diagrams are 8 in wide at 110 dpi: no rescaling).
+    """
+    from matplotlib.image import imread
+
+    ncols = max(1, min(ncols, len(images)))
+    nrows = -(-len(images) // ncols)
+    loaded = [(imread(str(p)) if p is not None and Path(p).is_file() else None, caption) for p, caption in images]
+    aspect = next((img.shape[0] / img.shape[1] for img, _ in loaded if img is not None), 0.6)
+    fig = _figure(tile_width * ncols, (tile_width * aspect + 0.35) * nrows + 0.5)
+    grid = fig.add_gridspec(nrows, ncols)
+    for i, (img, caption) in enumerate(loaded):
+        ax = fig.add_subplot(grid[i // ncols, i % ncols])
+        ax.set_axis_off()
+        ax.set_title(caption, fontsize=10)
+        if img is None:
+            ax.text(0.5, 0.5, "no reliability_diagram.png", ha="center", va="center", transform=ax.transAxes)
+        else:
+            ax.imshow(img, interpolation="none")
+    import textwrap
+
+    # about ten characters of 12-point text to the inch: wrap a title wider than the tiles
+    fig.suptitle(textwrap.fill(title, width=int(10 * tile_width * ncols)), fontsize=12)
+    return _save(fig, path)
