@@ -9,6 +9,10 @@ VENV ?= .venv
 VENV_FLAGS ?=
 PY := $(VENV)/bin/python
 ARGS ?=
+# how torch is installed when none is importable. On this project's machines the CPU wheel lies on
+# disk; elsewhere ask for the CPU build explicitly, e.g.
+#   make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+TORCH ?= torch==2.13.0
 
 .PHONY: install train test test-slow bench clean
 
@@ -18,7 +22,7 @@ install: $(VENV)/.installed
 # when no torch is importable, so an existing CUDA torch is never reinstalled.
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "torch==2.13.0"
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $@
 

@@ -87,6 +87,7 @@ class ClassifierModule(pl.LightningModule):
         scheduler: optional partial LR scheduler (``scheduler(optimizer=...)``), stepped once per epoch.
         n_bins: bins of the ECE/MCE/AdaECE/classwise ECE metrics.
         diagram_every_n_epochs: how often the ``val/reliability_diagram`` image is drawn (the last epoch always is).
+        seed: the run's seed; each training epoch reseeds torch's global RNG from (seed, epoch).
         hparams: the plain, resolved run config to store in checkpoints (not logged here: see
             ``ceexp.tensorboard.log_hparams``, which logs it once with the final metrics).
 
@@ -104,6 +105,7 @@ class ClassifierModule(pl.LightningModule):
         n_bins: int = 15,
         diagram_every_n_epochs: int = 1,
         hparams: Optional[dict] = None,
+        seed: int = 0,
     ):
         super().__init__()
         self.save_hyperparameters(hparams or {}, logger=False)
@@ -112,6 +114,7 @@ class ClassifierModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.diagram_every_n_epochs = diagram_every_n_epochs
+        self.seed = seed
         self.train_nll = MeanMetric()
         self.train_loss = MeanMetric()
         self.val_metrics = EvalMetrics(num_classes, n_bins)
@@ -198,19 +201,12 @@ class ClassifierModule(pl.LightningModule):
         x, y = batch
         return self.model(x), y
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # dropout draws from the global RNG: a resumed run continues the same stream
-        checkpoint["torch_rng_state"] = torch.get_rng_state()
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        # applied when the first resumed epoch starts, after the data loaders have been built as in a fresh run
-        self._rng_state_to_restore = checkpoint.get("torch_rng_state")
-
-    def on_train_epoch_start(self) -> None:
-        state = getattr(self, "_rng_state_to_restore", None)
-        if state is not None:
-            torch.set_rng_state(state)
-            self._rng_state_to_restore = None
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # dropout draws from the global RNG: reseed it from (seed, epoch) at each epoch's first batch, so epoch
+        # k draws the same numbers whether the run went straight through or was resumed from a checkpoint
+        # (the loader's iterator, built at a different moment on resume, also draws from it)
+        if batch_idx == 0:
+            torch.manual_seed(self.seed * 1_000_003 + self.current_epoch)
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=self.parameters())

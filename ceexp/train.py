@@ -134,6 +134,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         ConfigError: a config value outside what is allowed, before any training.
         FloatingPointError: a non-finite training loss.
     """
+    validate_config(cfg)  # before the heavy imports: a bad value is refused at once
     import pytorch_lightning as pl
 
     from ceexp.calibration import TemperatureScaler
@@ -141,12 +142,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from ceexp.plots import save_reliability_diagrams
     from ceexp.tensorboard import log_hparams
 
-    validate_config(cfg)
     started = time.time()
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     # the data live in memory as tensors: loader workers would only add start-up time
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*isinstance.treespec, LeafSpec.*")  # inside Lightning, not ours
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NoAdverts())
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = _instantiate(cfg.data, "data")
@@ -160,6 +162,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module = ClassifierModule(
         model, loss, optimizer, datamodule.n_classes, scheduler,
         n_bins=cfg.n_bins, diagram_every_n_epochs=cfg.get("diagram_every_n_epochs", 10), hparams=config,
+        seed=cfg.seed,
     )
     ckpt_path, resumed_step = _checkpoint_to_resume(cfg)
     callbacks = _instantiate_dict(cfg.get("callbacks"), "callbacks")
@@ -204,10 +207,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log_hparams(logger, params, metrics)
         logger.finalize("success")
     result = write_status(run_dir, "completed", **metrics, **{"time/seconds": time.time() - started})
-    log.info("test: acc %.4f  nll %.4f  ece %.4f -> ece_ts %.4f (T=%s)  run dir %s",
+    log.info("test: acc %.4f  nll %.4f  ece %.4f -> ece_ts %.4f (T=%.3f)  run dir %s",
              metrics["test/acc"], metrics["test/nll"], metrics["test/ece"], metrics.get("test/ece_ts", float("nan")),
-             module.temperature, run_dir)
+             module.temperature or float("nan"), run_dir)
     return result
+
+
+class _NoAdverts(logging.Filter):
+    """Drop Lightning's start-up advert for a logging service."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in str(record.msg)
 
 
 def _numbers(values: dict) -> dict[str, float]:
