@@ -10,7 +10,17 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-__all__ = ["flatten", "log_hparams"]
+__all__ = ["flatten", "log_hparams", "log_custom_scalars", "CUSTOM_SCALARS"]
+
+# TensorBoard's Custom Scalars tab: curves that belong together on one chart
+CUSTOM_SCALARS = {
+    "ceexp": {
+        "cross-entropy (nats): train vs validation": ["Multiline", ["train/nll", "val/nll"]],
+        "calibration error: ECE, AdaECE, classwise ECE": ["Multiline", ["val/ece", "val/adaece", "val/cwece"]],
+        "accuracy vs mean confidence (the gap is over-confidence)": ["Multiline", ["val/acc", "val/confidence"]],
+        "training objective vs its cross-entropy": ["Multiline", ["train/loss_epoch", "train/nll"]],
+    }
+}
 
 
 def flatten(tree: Mapping, prefix: str = "", sep: str = ".") -> dict[str, Any]:
@@ -45,3 +55,11 @@ def log_hparams(logger, params: Mapping[str, Any], metrics: Mapping[str, float])
     for summary in hparams(dict(params), dict(metrics)):
         writer.add_summary(summary)
     writer.flush()
+
+
+def log_custom_scalars(logger) -> None:
+    """Write the :data:`CUSTOM_SCALARS` layout into ``logger``'s run (a TensorBoardLogger; others are ignored)."""
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    if isinstance(logger, TensorBoardLogger):
+        logger.experiment.add_custom_scalars(CUSTOM_SCALARS)

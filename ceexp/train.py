@@ -140,7 +140,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from ceexp.calibration import TemperatureScaler
     from ceexp.module import ClassifierModule
     from ceexp.plots import save_reliability_diagrams
-    from ceexp.tensorboard import log_hparams
+    from ceexp.tensorboard import log_custom_scalars, log_hparams
 
     started = time.time()
     run_dir = Path(cfg.paths.output_dir)
@@ -150,6 +150,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     warnings.filterwarnings("ignore", ".*isinstance.treespec, LeafSpec.*")  # inside Lightning, not ours
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NoAdverts())
 
+    _set_threads(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = _instantiate(cfg.data, "data")
     datamodule.setup()
@@ -170,6 +171,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = _instantiate_dict(cfg.get("logger"), "logger", purge_step=resumed_step)
     trainer = _instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
 
+    for logger in loggers:
+        log_custom_scalars(logger)
     write_status(run_dir, "running")
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -218,6 +221,24 @@ class _NoAdverts(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "litlogger" not in str(record.msg)
+
+
+def _set_threads(cfg: DictConfig) -> None:
+    """``cfg.threads`` torch threads; under the joblib launcher, by default the cores shared out among its
+    workers, so parallel jobs do not oversubscribe the machine."""
+    import os
+
+    threads = cfg.get("threads")
+    if threads is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized() and HydraConfig.get().runtime.choices.get("hydra/launcher") == "joblib":
+            n_jobs = HydraConfig.get().launcher.get("n_jobs", -1)
+            cores = os.cpu_count() or 1
+            workers = cores if n_jobs is None or n_jobs < 1 else min(n_jobs, cores)
+            threads = max(1, cores // workers)
+    if threads:
+        torch.set_num_threads(int(threads))
 
 
 def _numbers(values: dict) -> dict[str, float]:
