@@ -60,6 +60,7 @@ __all__ = [
     "CIFAR10DataModule",
     "CIFAR100DataModule",
     "shard_bounds",
+    "shuffle_seed_of",
     "split_indices",
     "make_long_tailed",
     "flip_labels",
@@ -135,6 +136,14 @@ def shard_bounds(n: int, rank: int, num_replicas: int) -> tuple[int, int]:
     base, extra = divmod(n, num_replicas)
     start = rank * base + min(rank, extra)
     return start, start + base + (1 if rank < extra else 0)
+
+
+def shuffle_seed_of(seed: int) -> int:
+    """The training-order seed of a run whose torch seed is ``seed`` (``seed_everything``'s, read back with
+    ``torch.initial_seed()``): a function of the seed alone, so it is the same in a resumed run and in every
+    DDP process, and spread by ``SeedSequence`` so that runs with seeds s and s + 1 do not share orders
+    shifted by an epoch (the sampler adds the epoch)."""
+    return int(np.random.SeedSequence(seed).generate_state(1, dtype=np.uint64)[0] >> 2)
 
 
 def _check_batch_size(batch_size) -> None:
@@ -225,8 +234,8 @@ class TensorDataModule(pl.LightningDataModule):
         self._maybe_to_device()
         rank, world = self._process()
         if self.shuffle_seed is None:
-            self.shuffle_seed = int(torch.randint(0, 2**62, ()).item())
-            if world > 1:  # every process must walk the same permutation
+            self.shuffle_seed = shuffle_seed_of(torch.initial_seed())
+            if world > 1:  # every process must walk the same permutation, even in an unseeded run
                 self.shuffle_seed = int(self.trainer.strategy.broadcast(self.shuffle_seed, src=0))
         ds = _TensorBatches(self.x_train, self.y_train, self.batch_transform)
         sampler = EpochShuffleSampler(len(ds), self.shuffle_seed, rank, world)
