@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["STATUSES", "RunInterrupted", "write_status", "read_status", "resume_argv", "FailedJobs"]
+__all__ = ["STATUSES", "RunInterrupted", "write_status", "read_status", "resume_argv", "SweepRecord"]
 
 STATUSES = ("running", "completed", "failed", "interrupted")
 
@@ -86,20 +86,26 @@ except ImportError:  # pragma: no cover - hydra < 1.2
     Callback = object
 
 
-class FailedJobs(Callback):
-    """Hydra callback: after a sweep, list the jobs whose ``metrics.json`` is not ``completed``.
+class SweepRecord(Callback):
+    """Hydra callback around a sweep, in the launching process whatever the launcher.
 
-    It runs in the launching process whatever the launcher (jobs may have run in worker processes), and
-    records the failures in :attr:`FailedJobs.failed`, which ``ceexp.train.main`` turns into exit code 1.
+    Before: creates ``paths.root_dir`` (an Optuna sqlite study is kept there before any job has run).
+    After: lists the jobs whose ``metrics.json`` is not ``completed`` and records them in
+    :attr:`SweepRecord.failed`, which ``ceexp.train.main`` turns into exit code 1.
     """
 
     failed: list[str] = []
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        root = config.get("paths", {}).get("root_dir")
+        if root:
+            Path(root).mkdir(parents=True, exist_ok=True)
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep = Path(config.hydra.sweep.dir)
         jobs = sorted(p.parent for p in sweep.glob("*/.hydra"))
         bad = [(job, read_status(job)) for job in jobs if read_status(job) != "completed"]
-        FailedJobs.failed[:] = [str(job) for job, _ in bad]
+        SweepRecord.failed[:] = [str(job) for job, _ in bad]
         if bad:
             import logging
 

@@ -20,7 +20,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ceexp.runs import FailedJobs, RunInterrupted, resume_argv, write_status
+from ceexp.runs import SweepRecord, RunInterrupted, resume_argv, write_status
 from ceexp.validation import CONFIG_DIR, ConfigError, check_group_choices, validate_config
 
 __all__ = ["train", "build_loss", "main"]
@@ -322,7 +322,7 @@ def main() -> None:
         sys.exit(2)
     sys.argv[1:] = args
     _hydra_main()
-    if FailedJobs.failed:
+    if SweepRecord.failed:
         sys.exit(1)
 
 
