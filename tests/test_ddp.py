@@ -167,5 +167,7 @@ def test_ddp_in_a_multirun_makes_one_folder_per_job(tmp_path):
     assert jobs == ["0_ce", "1_mse"]
     for job in jobs:
         assert json.loads((sweep / job / "metrics.json").read_text())["status"] == "completed"
-    assert not (tmp_path / "outputs").exists()  # no stray single-run folders from the extra processes
+        assert (sweep / job / "train_ddp_process_1.log").is_file()  # the extra process ran in the job's folder
+    # and started neither a single run nor a sweep of its own anywhere else
+    assert not (tmp_path / "outputs" / "runs").exists() and not (tmp_path / "outputs" / "multirun").exists()
     assert run_dirs(tmp_path) == []

@@ -323,3 +323,70 @@ def test_entry_point_reads_a_relative_root_from_where_it_was_started(tmp_path):
                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert len(list((tmp_path / "outputs" / "runs").glob("*/*/metrics.json"))) == 1
+
+
+# -- the paper protocol ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
+def test_mukhoti_experiment_is_the_paper_protocol(tmp_path, dataset):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from ceexp.validation import CONFIG_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        cfg = compose(config_name="train", overrides=[f"experiment=mukhoti_{dataset}"], return_hydra_config=True)
+    # Mukhoti et al. 2020, Sec. 5 / appendix: ResNet-50; SGD, lr 0.1, momentum 0.9, weight decay 5e-4; batch 128;
+    # 350 epochs, lr 0.1 -> 0.01 at 150 -> 0.001 at 250; 5,000 of the 50,000 training images for validation
+    assert cfg.model._target_ == "ceexp.models.resnet50" and cfg.data._target_.endswith(
+        "CIFAR10DataModule" if dataset == "cifar10" else "CIFAR100DataModule")
+    assert (cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.weight_decay) == (0.1, 0.9, 5e-4)
+    assert cfg.data.batch_size == 128 and cfg.data.val_fraction == 0.1 and cfg.data.augment is True
+    assert cfg.trainer.max_epochs == 350 and list(cfg.scheduler.milestones) == [150, 250] and cfg.scheduler.gamma == 0.1
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.accelerator == "gpu"
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+    assert cfg.hydra.sweeper.params["+loss_preset"] == "ce,brier,ls_0.05,focal_3,flsd_53"
+    presets = {}
+    for preset in cfg.hydra.sweeper.params["+loss_preset"].split(","):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+            presets[preset] = compose(config_name="train", overrides=[f"experiment=mukhoti_{dataset}",
+                                                                      f"+loss_preset={preset}"]).loss
+    assert presets["ce"]._target_ == "torch.nn.CrossEntropyLoss" and not presets["ce"].get("label_smoothing")
+    assert presets["brier"]._target_ == "ceexp.losses.BrierLoss"
+    assert presets["ls_0.05"].label_smoothing == 0.05
+    assert presets["focal_3"]._target_ == "ceexp.losses.FocalLoss" and presets["focal_3"].gamma == 3
+    assert presets["flsd_53"]._target_ == "ceexp.losses.SampleDependentFocalLoss"
+
+
+@pytest.mark.slow
+def test_mukhoti_sweep_runs_end_to_end_on_fixture_files(tmp_path):
+    """The whole 5-loss sweep through the entry point on CPU, one batch per stage (ResNet-50: ~1 min)."""
+    write_cifar(tmp_path / "data" / "cifar10")
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train.py"), "experiment=mukhoti_cifar10", "trainer=default",
+         "trainer.max_epochs=1", "data.batch_size=4", "data.val_fraction=0.5", "logger=none",
+         "callbacks.progress_bar=null", "trainer.enable_progress_bar=false", "+trainer.limit_train_batches=1",
+         "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1", "+trainer.limit_predict_batches=1",
+         f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=${hydra.job.num}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+
+    done = [json.loads((sweep / str(i) / "metrics.json").read_text())["status"] for i in range(5)]
+    assert done == ["completed"] * 5
+
+
+@pytest.mark.filterwarnings("ignore:Temperature scaling")
+def test_gpu_trainer_settings_run_end_to_end_with_the_cpu_accelerator(tmp_path):
+    """trainer=gpu is bf16 autocast + channels-last weights; the same code path runs on a CPU (CPU autocast)."""
+    write_cifar(tmp_path / "data" / "cifar10")
+    cfg = make_cfg(tmp_path / "run", [*FAST, "data=cifar10", "model=cnn", f"data.root={tmp_path / 'data'}",
+                                      "trainer=gpu", "trainer.accelerator=cpu", "data.val_fraction=0.5", "logger=none",
+                                      "trainer.max_epochs=1", "loss=focal_sd53", "+trainer.limit_train_batches=2"])
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.model.channels_last is True
+    metrics = train(cfg)
+    assert metrics["status"] == "completed" and math.isfinite(metrics["test/nll_ts"])
