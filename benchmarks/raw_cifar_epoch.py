@@ -34,7 +34,7 @@ def read(path):
                 d = pickle.load(tar.extractfile(info), encoding="latin1")
                 parts[info.name] = (np.asarray(d["data"], np.uint8).reshape(-1, 3, 32, 32), np.asarray(d["labels"]))
     train = [parts[k] for k in sorted(parts) if "data_batch" in k]
-    test = [v for k, v in parts.items() if "test_batch" in k][0]
+    test = next(v for k, v in parts.items() if "test_batch" in k)
     return np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]), test[0], test[1]
 
 
@@ -54,7 +54,7 @@ def main():
     train, val = train_test_split(np.arange(len(ytr)), test_size=0.1, stratify=ytr, random_state=0)
     xt = xtr[train].astype(np.float64)
     mean, std = xt.mean(axis=(0, 2, 3)), xt.std(axis=(0, 2, 3))
-    norm = lambda x: ((torch.from_numpy(x).float() - torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))  # noqa
+    norm = lambda x: ((torch.from_numpy(x).float() - torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
                       / torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
     x_train, y_train = norm(xtr[train]), torch.from_numpy(ytr[train]).long()
     x_val, y_val = norm(xtr[val]), torch.from_numpy(ytr[val]).long()

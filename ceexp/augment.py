@@ -58,7 +58,7 @@ def random_crop_flip(
     if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
         raise ValueError(f"Expected argument `padding` to be an integer >= 0, but got {padding!r}")
     b = x.shape[0]
-    draw = dict(generator=generator, device=x.device)
+    draw = {"generator": generator, "device": x.device}
     top = torch.randint(0, 2 * padding + 1, (b,), **draw)
     left = torch.randint(0, 2 * padding + 1, (b,), **draw)
     flip = torch.randint(0, 2, (b,), **draw).bool()

@@ -34,8 +34,9 @@ import math
 import pickle
 import struct
 import tarfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import pytorch_lightning as pl
@@ -47,26 +48,26 @@ from ceexp.download import download as download_files
 from ceexp.download import missing_files
 
 __all__ = [
-    "TensorDataModule",
     "ArrayDataModule",
-    "ImageDataModule",
-    "EpochShuffleSampler",
-    "DigitsDataModule",
-    "MNIST5kDataModule",
     "BreastCancerDataModule",
-    "SyntheticDataModule",
-    "MNISTDataModule",
-    "FashionMNISTDataModule",
     "CIFAR10DataModule",
     "CIFAR100DataModule",
+    "DigitsDataModule",
+    "EpochShuffleSampler",
+    "FashionMNISTDataModule",
+    "ImageDataModule",
+    "MNIST5kDataModule",
+    "MNISTDataModule",
+    "SyntheticDataModule",
+    "TensorDataModule",
+    "channel_stats",
+    "flip_labels",
+    "make_long_tailed",
+    "read_cifar",
+    "read_idx",
     "shard_bounds",
     "shuffle_seed_of",
     "split_indices",
-    "make_long_tailed",
-    "flip_labels",
-    "read_idx",
-    "read_cifar",
-    "channel_stats",
 ]
 
 
@@ -686,7 +687,7 @@ class ImageDataModule(TensorDataModule):
                                                self.label_noise, self.split_seed)
         self.mean, self.std = channel_stats(x_train[train])
         self.batch_transform = _Normalize(self.mean, self.std)
-        as_tensor = lambda a: torch.from_numpy(np.require(a, requirements=["C", "W"]))  # noqa: E731
+        as_tensor = lambda a: torch.from_numpy(np.require(a, requirements=["C", "W"]))
         self.x_train, self.y_train = as_tensor(x_train[train]), as_tensor(y_fit)
         self.x_val, self.y_val = as_tensor(x_train[val]), as_tensor(y_train[val])
         self.x_test, self.y_test = as_tensor(x_test), as_tensor(y_test.astype(np.int64))

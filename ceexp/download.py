@@ -17,11 +17,11 @@ import hashlib
 import os
 import urllib.request
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
-__all__ = ["DownloadError", "Resource", "RESOURCES", "md5sum", "missing_files", "fetch", "download"]
+__all__ = ["RESOURCES", "DownloadError", "Resource", "download", "fetch", "md5sum", "missing_files"]
 
 _CHUNK = 1 << 20
 
@@ -117,7 +117,7 @@ def fetch(filename: str, md5: str, mirrors: Sequence[str], folder: str | Path, t
                 continue
             os.replace(part, target)
             return target
-        except Exception as e:  # any transport failure: try the next mirror
+        except Exception as e:  # noqa: BLE001 (any transport failure: try the next mirror)
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             failures.append(f"{url}: {type(e).__name__}: {reason}")
         finally:

@@ -17,12 +17,12 @@ The outputs are the same numbers either way; only the memory layout differs.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["MLP", "SmallCNN", "ResNet", "BasicBlock", "Bottleneck", "resnet18", "resnet34", "resnet50", "resnet110"]
+__all__ = ["MLP", "BasicBlock", "Bottleneck", "ResNet", "SmallCNN", "resnet18", "resnet34", "resnet50", "resnet110"]
 
 
 def _check_image_shape(model: str, input_shape: Sequence[int]) -> tuple[int, int, int]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import threading
-from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -20,10 +20,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     """``/good/<name>``: the file; ``/corrupt/<name>``: one byte changed; ``/cut/<name>``: the full
     ``Content-Length`` announced, half the bytes sent, connection closed; anything else: 404."""
 
-    files: dict[str, bytes] = {}
-    requests: list[str] = []
+    files: ClassVar[dict[str, bytes]] = {}
+    requests: ClassVar[list[str]] = []
 
-    def do_GET(self):  # noqa: N802 (http.server's name)
+    def do_GET(self):
         self.requests.append(self.path)
         _, mode, name = self.path.split("/", 2)
         body = self.files.get(name)

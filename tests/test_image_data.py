@@ -21,8 +21,14 @@ import pytest
 import torch
 
 from ceexp.augment import crop_flip, random_crop_flip
-from ceexp.data import (CIFAR10DataModule, CIFAR100DataModule, FashionMNISTDataModule, MNISTDataModule, read_cifar,
-                        read_idx)
+from ceexp.data import (
+    CIFAR10DataModule,
+    CIFAR100DataModule,
+    FashionMNISTDataModule,
+    MNISTDataModule,
+    read_cifar,
+    read_idx,
+)
 from ceexp.train import train
 from tests.conftest import FAST, ROOT, make_cfg
 
@@ -73,7 +79,7 @@ def write_cifar(folder: Path, n_classes: int = 10, n_train: int = 6, n_test: int
     folder.mkdir(parents=True, exist_ok=True)
     xtr, ytr = images(n_train, n_classes, (32, 32, 3), seed)  # HWC, as a camera gives them
     xte, yte = images(n_test, n_classes, (32, 32, 3), seed + 1)
-    rows = lambda x: x.transpose(0, 3, 1, 2).reshape(len(x), 3072)  # noqa: E731  (R plane, G plane, B plane)
+    rows = lambda x: x.transpose(0, 3, 1, 2).reshape(len(x), 3072)
     if n_classes == 10:
         base, archive, key = "cifar-10-batches-py", "cifar-10-python.tar.gz", "labels"
         parts = np.array_split(np.arange(len(ytr)), 5)
@@ -97,7 +103,7 @@ def write_cifar(folder: Path, n_classes: int = 10, n_train: int = 6, n_test: int
                 entry = extra[name]
             _add(tar, name, pickle.dumps(entry, protocol=2))
         _add(tar, f"{base}/readme.html", b"<html></html>")
-    nchw = lambda x: x.transpose(0, 3, 1, 2)  # noqa: E731
+    nchw = lambda x: x.transpose(0, 3, 1, 2)
     return {"x_train": nchw(xtr), "y_train": ytr, "x_test": nchw(xte), "y_test": yte}
 
 
@@ -309,7 +315,7 @@ ENTRY = ["model=cnn", "logger=none", "callbacks.progress_bar=null", "trainer.max
 
 def test_entry_point_refuses_missing_files_in_one_line(tmp_path):
     missing = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "data=fashion_mnist",
-                              "data.root=nowhere", *ENTRY], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+                              "data.root=nowhere", *ENTRY], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
     assert missing.returncode == 2
     lines = missing.stderr.strip().splitlines()
     assert len(lines) == 1 and str(tmp_path / "nowhere" / "fashion_mnist") in lines[0], missing.stderr
@@ -320,7 +326,7 @@ def test_entry_point_refuses_missing_files_in_one_line(tmp_path):
 def test_entry_point_reads_a_relative_root_from_where_it_was_started(tmp_path):
     write_mnist(tmp_path / "rel" / "mnist")
     ok = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "data=mnist", "data.root=rel", *ENTRY],
-                        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+                        cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert len(list((tmp_path / "outputs" / "runs").glob("*/*/metrics.json"))) == 1
 
@@ -371,7 +377,7 @@ def test_mukhoti_sweep_runs_end_to_end_on_fixture_files(tmp_path):
          "callbacks.progress_bar=null", "trainer.enable_progress_bar=false", "+trainer.limit_train_batches=1",
          "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1", "+trainer.limit_predict_batches=1",
          f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=${hydra.job.num}"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=900,
+        cwd=tmp_path, capture_output=True, text=True, timeout=900, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     import json
