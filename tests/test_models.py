@@ -53,10 +53,8 @@ def test_small_cnn_size_by_hand():
 @pytest.mark.parametrize("factory, shape", [
     (lambda s, c: SmallCNN(s, c), (1, 28, 28)), (lambda s, c: SmallCNN(s, c, channels=[8, 8, 8]), (3, 32, 32)),
     (resnet18, (3, 32, 32)), (resnet18, (1, 28, 28)),
-    # pooling is global, so any size works: 16x16 keeps the deep ones quicker on a CPU (still ~5-15 s each)
-    pytest.param(resnet34, (3, 16, 16), marks=pytest.mark.slow),
-    pytest.param(resnet50, (3, 16, 16), marks=pytest.mark.slow),
-    pytest.param(resnet110, (3, 16, 16), marks=pytest.mark.slow),
+    # pooling is global, so any size works: 16x16 keeps the deep ones under a second each on a CPU
+    (resnet34, (3, 16, 16)), (resnet50, (3, 16, 16)), (resnet110, (3, 16, 16)),
 ])
 def test_logits_shape_and_gradients(factory, shape):
     torch.manual_seed(0)
