@@ -585,9 +585,12 @@ class AdaptiveCalibrationError(_ProbabilityMetric):
         self.correct.append(correct.to(_ACC))  # float, not bool: every backend can all-gather it
 
     def compute(self) -> Tensor:
-        if not self.confidence:
+        # a list of batches here; one tensor (already concatenated) after a cross-process sync
+        if isinstance(self.confidence, list) and not self.confidence:
             return _nan(self.device)
         confidence, correct = dim_zero_cat(self.confidence), dim_zero_cat(self.correct)
+        if confidence.numel() == 0:
+            return _nan(self.device)
         return _adaptive_calibration_error_compute(confidence, correct, self.n_bins)
 
 

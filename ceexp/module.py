@@ -168,14 +168,14 @@ class ClassifierModule(pl.LightningModule):
         if not (last or (every and (self.current_epoch + 1) % every == 0)):
             return
         experiment = getattr(self.logger, "experiment", None)
-        if self.trainer.is_global_zero and hasattr(experiment, "add_image"):
+        if not hasattr(experiment, "add_image"):
+            return
+        # both gather across processes (trainer=ddp): every rank calls them, rank 0 draws
+        bins, ece = self.val_metrics.ece.reliability_bins(), float(self.val_metrics.ece.compute())
+        if self.trainer.is_global_zero:
             from ceexp.plots import reliability_diagram_image
 
-            image = reliability_diagram_image(
-                self.val_metrics.ece.reliability_bins(),
-                title=f"validation, epoch {self.current_epoch + 1}",
-                ece=float(self.val_metrics.ece.compute()),
-            )
+            image = reliability_diagram_image(bins, title=f"validation, epoch {self.current_epoch + 1}", ece=ece)
             experiment.add_image("val/reliability_diagram", image, self.global_step, dataformats="HWC")
 
     def test_step(self, batch, batch_idx: int) -> None:

@@ -9,7 +9,9 @@ The run directory (``cfg.paths.output_dir``) receives the TensorBoard event file
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
 import time
 import warnings
@@ -147,6 +149,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     # the data live in memory as tensors: loader workers would only add start-up time
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    # epoch metrics are torchmetrics values already reduced across processes (trainer=ddp)
+    warnings.filterwarnings("ignore", ".*when logging on epoch level in distributed setting.*")
     warnings.filterwarnings("ignore", ".*isinstance.treespec, LeafSpec.*")  # inside Lightning, not ours
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NoAdverts())
 
@@ -173,35 +177,41 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     for logger in loggers:
         log_custom_scalars(logger)
-    write_status(run_dir, "running")
+    # with several processes (trainer=ddp) rank 0 alone writes the run's files
+    record_status = write_status if trainer.is_global_zero else _no_status
+    record_status(run_dir, "running")
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         if not any(k.startswith("val/") for k in trainer.callback_metrics):
             trainer.validate(module, datamodule=datamodule, verbose=False)  # resumed after its last epoch
         metrics = {k: v for k, v in _numbers(trainer.callback_metrics).items() if k.startswith(("train/", "val/"))}
         if cfg.temperature_scaling:
-            batches = trainer.predict(module, dataloaders=datamodule.val_dataloader())
+            # the datamodule's predict split is the whole validation split, in every process
+            batches = trainer.predict(module, datamodule=datamodule)
             logits = torch.cat([b[0] for b in batches])
             target = torch.cat([b[1] for b in batches])
             module.temperature = TemperatureScaler().fit(logits, target).temperature
         for result in trainer.test(module, datamodule=datamodule, verbose=False):
             metrics.update(_numbers(result))
     except (KeyboardInterrupt, SystemExit) as e:  # Ctrl+C (Lightning turns it into SystemExit) or SIGTERM
-        write_status(run_dir, "interrupted", error=f"{type(e).__name__} at epoch {trainer.current_epoch}, "
-                     f"step {trainer.global_step}", **_numbers(trainer.callback_metrics))
+        record_status(run_dir, "interrupted", error=f"{type(e).__name__} at epoch {trainer.current_epoch}, "
+                      f"step {trainer.global_step}", **_numbers(trainer.callback_metrics))
         raise RunInterrupted(run_dir, trainer.current_epoch) from None
     except Exception as e:
-        write_status(run_dir, "failed", error=_one_line(e), **_numbers(trainer.callback_metrics))
+        record_status(run_dir, "failed", error=_one_line(e), **_numbers(trainer.callback_metrics))
         raise
     metrics = dict(sorted(metrics.items()))
 
     loss_name = _choices().get("loss", cfg.loss._target_.rsplit(".", 1)[-1])
+    # reliability_bins() gathers across processes: every rank calls it, rank 0 draws
     panels = [(module.test_metrics.ece.reliability_bins(), "test, before temperature scaling", metrics["test/ece"])]
     if module.temperature is not None:
         panels.append(
             (module.test_metrics_ts.ece.reliability_bins(), f"after temperature scaling (T = {module.temperature:.3g})",
              metrics["test/ece_ts"])
         )
+    if not trainer.is_global_zero:
+        return {"status": "completed", **metrics}
     save_reliability_diagrams(run_dir / "reliability_diagram.png", panels,
                               suptitle=f"loss={loss_name}, test accuracy {100 * metrics['test/acc']:.1f}%")
 
@@ -209,11 +219,52 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     for logger in loggers:
         log_hparams(logger, params, metrics)
         logger.finalize("success")
-    result = write_status(run_dir, "completed", **metrics, **{"time/seconds": time.time() - started})
+    result = record_status(run_dir, "completed", **metrics, **{"time/seconds": time.time() - started})
     log.info("test: acc %.4f  nll %.4f  ece %.4f -> ece_ts %.4f (T=%.3f)  run dir %s",
              metrics["test/acc"], metrics["test/nll"], metrics["test/ece"], metrics.get("test/ece_ts", float("nan")),
              module.temperature or float("nan"), run_dir)
     return result
+
+
+def _no_status(run_dir, status, **fields) -> dict:
+    return {"status": status, **fields}
+
+
+_DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+@contextlib.contextmanager
+def _one_ddp_job():
+    """Keep Lightning's DDP launcher to this job, in this job's folder.
+
+    For ranks > 0 Lightning re-runs this script with the same arguments plus ``hydra.run.dir=<HydraConfig
+    run.dir>``. Pin that to this job's output folder (``run.dir`` holds ``${now:}``, which could resolve anew),
+    and in a multirun replay this job's overrides alone, as a single run: the whole ``-m`` command line would
+    start the sweep again in every extra process, each in new folders. Afterwards tear down the process group
+    and the launcher's environment variables, so the next job of a sweep launches processes of its own.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict, read_write
+
+    argv, env = list(sys.argv), {k: os.environ.get(k) for k in _DDP_ENV}
+    hc = HydraConfig.get()
+    with read_write(hc), open_dict(hc):
+        hc.run.dir = hc.runtime.output_dir
+    if hc.mode == RunMode.MULTIRUN:
+        sys.argv = [argv[0], *hc.overrides.task, "hydra.mode=RUN"]
+    try:
+        yield
+    finally:
+        sys.argv = argv
+        if env["LOCAL_RANK"] is None:  # the launching process (not a relaunched rank, nor torchrun's)
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
+            for k, v in env.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 class _NoAdverts(logging.Filter):
@@ -275,7 +326,8 @@ def _hydra_main(cfg: DictConfig) -> float:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        metrics = train(cfg)
+        with _one_ddp_job():
+            metrics = train(cfg)
     except ConfigError as e:
         if multirun:  # one bad cell of a grid: record it and let the sweep go on
             write_status(run_dir, "failed", error=f"ConfigError: {e}")
