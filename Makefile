@@ -38,6 +38,8 @@ test-slow: install
 bench: install
 	$(PY) benchmarks/bench_default_run.py
 	$(PY) benchmarks/bench_losses.py
+	$(PY) benchmarks/bench_launchers.py
+	$(PY) benchmarks/bench_cifar_epoch.py
 
 clean:
 	rm -rf outputs
