@@ -362,6 +362,9 @@ def _remove_if_fresh(run_dir: Path, cfg: DictConfig) -> None:
         return
     if {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}:
         shutil.rmtree(run_dir, ignore_errors=True)
+        for parent in (run_dir.parent, run_dir.parent.parent):  # runs/<date>/ and runs/, when left empty
+            with contextlib.suppress(OSError):
+                parent.rmdir()
 
 
 def main() -> None:

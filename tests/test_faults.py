@@ -74,7 +74,7 @@ def test_refused_config_leaves_no_run_folder(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: loss.label_smoothing=1.5 is invalid: expected a number in [0, 1)"
-    assert not list((tmp_path / "outputs").glob("runs/*/*")) if (tmp_path / "outputs").exists() else True
+    assert not (tmp_path / "outputs" / "runs").exists()
 
 
 def _events(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
