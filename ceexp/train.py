@@ -152,7 +152,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # epoch metrics are torchmetrics values already reduced across processes (trainer=ddp)
     warnings.filterwarnings("ignore", ".*when logging on epoch level in distributed setting.*")
     warnings.filterwarnings("ignore", ".*isinstance.treespec, LeafSpec.*")  # inside Lightning, not ours
-    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NoAdverts())
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NO_ADVERTS)  # once, however many jobs
 
     _set_threads(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -290,6 +290,9 @@ def _set_threads(cfg: DictConfig) -> None:
             threads = max(1, cores // workers)
     if threads:
         torch.set_num_threads(int(threads))
+
+
+_NO_ADVERTS = _NoAdverts()
 
 
 def _numbers(values: dict) -> dict[str, float]:
