@@ -16,9 +16,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["STATUSES", "RunInterrupted", "write_status", "read_status", "resume_argv", "SweepRecord"]
+__all__ = [
+    "PREDICTIONS", "STATUSES", "RunInterrupted", "SweepRecord", "read_predictions", "read_status", "resume_argv",
+    "write_predictions", "write_status",
+]
 
 STATUSES = ("running", "completed", "failed", "interrupted")
+PREDICTIONS = "predictions.npz"
+_PREDICTION_KEYS = ("val_logits", "val_labels", "test_logits", "test_labels", "temperature")
 
 
 class RunInterrupted(Exception):
@@ -50,6 +55,77 @@ def read_status(run_dir: str | Path) -> str:
         return str(read_json(Path(run_dir) / "metrics.json").get("status", "unknown"))
     except (OSError, ValueError):
         return "unknown"
+
+
+def write_predictions(
+    run_dir: str | Path,
+    val_logits,
+    val_labels,
+    test_logits,
+    test_labels,
+    temperature: float | None = None,
+) -> Path:
+    """Write ``<run_dir>/predictions.npz`` atomically: what every metric of the run can be recomputed from.
+
+    Args:
+        val_logits, test_logits: ``(N, C)`` logits (tensors or arrays; stored as float32).
+        val_labels, test_labels: ``(N,)`` class indices (stored as int64).
+        temperature: the fitted temperature T (stored as a float64 scalar; NaN when none was fitted).
+
+    Returns:
+        the path written. The file is written under a temporary name and renamed, so a reader sees the whole
+        file or none.
+    """
+    import io
+
+    import numpy as np
+
+    from ceexp.files import atomic_write_bytes
+
+    def array(x, dtype):
+        if hasattr(x, "detach"):
+            x = x.detach().cpu().float().numpy() if dtype == np.float32 else x.detach().cpu().numpy()
+        return np.ascontiguousarray(np.asarray(x), dtype=dtype)
+
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        val_logits=array(val_logits, np.float32), val_labels=array(val_labels, np.int64),
+        test_logits=array(test_logits, np.float32), test_labels=array(test_labels, np.int64),
+        temperature=np.float64(np.nan if temperature is None else temperature),
+    )
+    return atomic_write_bytes(Path(run_dir) / PREDICTIONS, buffer.getvalue())
+
+
+def read_predictions(run_dir: str | Path) -> dict:
+    """The arrays of ``<run_dir>/predictions.npz`` (see :func:`write_predictions`), loaded into memory.
+
+    Returns:
+        ``{"val_logits": (N, C) float32, "val_labels": (N,) int64, "test_logits", "test_labels",
+        "temperature": float (NaN when none was fitted)}``.
+
+    Raises:
+        FileNotFoundError: the run has no ``predictions.npz``.
+        ValueError: the file is not a predictions file (a key missing, or not an ``.npz``).
+    """
+    import zipfile
+
+    import numpy as np
+
+    path = Path(run_dir) / PREDICTIONS
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in _PREDICTION_KEYS if k not in data.files]
+            if missing:
+                raise ValueError(f"{path} is not a predictions file: expected arrays {', '.join(_PREDICTION_KEYS)}, "
+                                 f"missing {', '.join(missing)}")
+            out = {k: data[k] for k in _PREDICTION_KEYS}
+    except (zipfile.BadZipFile, EOFError, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ValueError(f"{path} is unreadable: {e}") from e
+    out["temperature"] = float(out["temperature"])
+    return out
 
 
 def resume_argv(argv: list[str]) -> list[str]:
