@@ -221,7 +221,8 @@ def focal_loss(
 
     The paper states it for a sigmoid per class; this is the multi-class softmax form used for classifiers.
     ``gamma=0, alpha=None`` is exactly cross-entropy; larger ``gamma`` down-weights samples the model already
-    gets right.
+    gets right. Mukhoti et al. 2020's released ``FocalLoss`` (torrvision/focal_calibration,
+    ``Losses/focal_loss.py``) is this form with ``alpha=None`` and ``reduction="sum"``.
 
     Args:
         logits: ``(N, C)`` unnormalised scores, floating dtype, finite.
@@ -271,7 +272,11 @@ def sample_dependent_focal_loss(
     The focal loss :math:`-(1 - p_i)^{\gamma_i} \log p_i` with a per-sample :math:`\gamma_i`, ``gamma_low``
     (5) where ``p_i < threshold`` (0.2) and ``gamma_high`` (3) elsewhere. The choice of :math:`\gamma_i` is
     made on the detached :math:`p_i`, so no gradient flows through the switch; the per-sample :math:`\gamma_i`
-    then enter the same kernel as :func:`focal_loss`.
+    then enter the same kernel as :func:`focal_loss`. This is the released code's ``FocalLossAdaptive(gamma=3)``
+    (torrvision/focal_calibration, ``Losses/focal_loss_adaptive_gamma.py``): gamma 5 where ``p < 0.2``
+    strictly, 3 from ``p = 0.2`` on (its table also maps ``0.2 <= p < 0.5`` to 3), ``p`` computed as
+    ``exp(log_softmax)`` and the gammas a constant tensor. That code sums over the batch (``size_average=False``):
+    ``reduction="sum"``.
 
     Args:
         logits: ``(N, C)`` unnormalised scores, floating dtype, finite.
@@ -308,6 +313,11 @@ def brier_loss(
     r"""Brier score of the softmax against the one-hot label (Brier 1950), the "MSE" training baseline.
 
     .. math:: \ell_i = \sum_{c=1}^{C} \left(\mathrm{softmax}(z_i)_c - [y_i = c]\right)^2 \in [0, 2]
+
+    ``reduction="mean"`` (the mean over samples of this sum over classes, not a mean over all ``N x C``
+    elements) is the Brier loss of Mukhoti et al. 2020's released code (torrvision/focal_calibration,
+    ``Losses/brier_score.py``: ``torch.sum(squared_diff) / N``), which divides by N even where its other losses
+    sum over the batch.
 
     Args:
         logits: ``(N, C)`` unnormalised scores, floating dtype, finite.

@@ -20,12 +20,24 @@ Binning. Equal-width bins split ``[0, 1]`` at ``b / n_bins``; bin ``b`` holds th
 in the last, which it already is under that rule). torchmetrics' calibration error instead gives a
 confidence of exactly 1 an extra bin of its own; ceexp does not. Per-bin statistics are accumulated in
 float64; functional forms return a 0-dim tensor of ``probs``' dtype, ``Metric.compute`` a float64 one.
+
+Equal-mass bins (AdaECE, the debiased ECE) cut the sorted top-label confidences into ``n_bins`` contiguous
+chunks of the sizes ``numpy.array_split`` gives, except that a block of equal confidences is never split: it
+goes whole to the chunk of its first member, so the value does not depend on the order of the samples. This is
+the binning of Kumar et al.'s ``calibration.get_equal_bins`` (edges half-way between neighbouring chunks, a
+value on an edge joining the bin below).
+
+:data:`METRIC_FUNCTIONS` maps the tag of every probability-based metric that ``ceexp.module.EvalMetrics``
+logs to a function ``f(probs, target, n_bins) -> 0-dim tensor``.
 """
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from functools import partial
+from statistics import NormalDist
+from typing import Callable, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -35,25 +47,32 @@ from torchmetrics.utilities import dim_zero_cat
 from ceexp.checks import check_choice, check_classification_inputs, check_positive_int, check_probabilities
 
 __all__ = [
+    "METRIC_FUNCTIONS",
     "AdaptiveCalibrationError",
     "BrierScore",
     "CalibrationError",
     "ClasswiseCalibrationError",
+    "DebiasedCalibrationError",
     "ReliabilityBins",
+    "SmoothCalibrationError",
     "adaptive_calibration_error",
     "bin_edges",
     "brier_score",
     "classwise_calibration_error",
+    "debiased_ece",
     "expected_calibration_error",
     "mean_confidence",
     "nats_to_bits",
     "negative_log_likelihood",
     "reliability_bins",
+    "signed_ece",
+    "smooth_ece",
 ]
 
 _NORMS = ("l1", "l2", "max")
 _REDUCTIONS = ("none", "mean", "sum")
 _ACC = torch.float64  # dtype of every accumulated sum
+_WILSON_Z = NormalDist().inv_cdf(0.975)  # 1.959964: two-sided 95% normal quantile of the accuracy intervals
 
 
 class ReliabilityBins(NamedTuple):
@@ -65,12 +84,16 @@ class ReliabilityBins(NamedTuple):
         accuracy: ``(n_bins,)`` fraction of the samples in each bin whose top-label prediction is right;
             NaN for an empty bin.
         count: ``(n_bins,)`` number of samples in each bin (int64).
+        acc_low, acc_high: ``(n_bins,)`` 95% Wilson score interval of each bin's accuracy (float64, in
+            ``[0, 1]``); NaN for an empty bin. A bin of one sample spans about 0.79 of ``[0, 1]``.
     """
 
     edges: Tensor
     confidence: Tensor
     accuracy: Tensor
     count: Tensor
+    acc_low: Tensor
+    acc_high: Tensor
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -185,31 +208,194 @@ def _calibration_error_compute(count: Tensor, conf_sum: Tensor, hit_sum: Tensor,
     return (gap / n_b).max()
 
 
+def _signed_compute(count: Tensor, conf_sum: Tensor, hit_sum: Tensor) -> Tensor:
+    """Signed ECE from per-bin statistics: ``sum_b n_b / N (conf_b - acc_b) = sum_b (conf_sum_b - hit_sum_b) / N``."""
+    n = count.sum()
+    if n == 0:
+        return _nan(count.device)
+    return (conf_sum - hit_sum).sum() / n
+
+
+def _wilson_interval(hits: Tensor, count: Tensor, z: float = _WILSON_Z) -> tuple[Tensor, Tensor]:
+    """Wilson score interval of a proportion ``hits / count``, per entry; NaN where ``count`` is 0.
+
+    ``(p + z^2 / 2n -+ z sqrt(p (1 - p) / n + z^2 / 4n^2)) / (1 + z^2 / n)``. The interval always holds ``p``;
+    at p = 0 or 1 rounding would put a bound a hair on the wrong side of it (e.g. 1 - 1e-16), so the bounds are
+    taken no further in than ``p`` (a plot's error bar is then never negative).
+    """
+    n = count.to(_ACC)
+    p = hits / n
+    z2 = z * z
+    denom = 1 + z2 / n
+    center = (p + z2 / (2 * n)) / denom
+    half = z / denom * torch.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    empty = count == 0
+    low = torch.where(empty, torch.nan, torch.minimum(center - half, p).clamp(min=0))
+    high = torch.where(empty, torch.nan, torch.maximum(center + half, p).clamp(max=1))
+    return low, high
+
+
 def _reliability_compute(count: Tensor, conf_sum: Tensor, hit_sum: Tensor) -> ReliabilityBins:
     n_bins = count.shape[0]
     denom = count.to(_ACC)
     empty = count == 0
     confidence = torch.where(empty, torch.nan, conf_sum / denom)
     accuracy = torch.where(empty, torch.nan, hit_sum / denom)
-    return ReliabilityBins(bin_edges(n_bins, device=count.device), confidence, accuracy, count.clone())
+    low, high = _wilson_interval(hit_sum, count)
+    return ReliabilityBins(bin_edges(n_bins, device=count.device), confidence, accuracy, count.clone(), low, high)
+
+
+def _equal_mass_sums(confidence: Tensor, correct: Tensor, n_bins: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-bin (count, sum of confidence, number correct) over ``n_bins`` equal-mass bins of ``N >= 1`` samples.
+
+    The sorted confidences are cut into contiguous chunks with the sizes ``numpy.array_split`` gives (the first
+    ``N % n_bins`` chunks hold one sample more; ``N < n_bins`` leaves chunks empty). A block of equal confidences
+    goes whole to the chunk of its first sorted position, so no tie block is split and the chunks it overlaps
+    shrink (or empty); without ties this is exactly array_split.
+    """
+    n = confidence.numel()
+    device = confidence.device
+    ordered, order = torch.sort(confidence)
+    base, extra = divmod(n, n_bins)
+    sizes = torch.tensor([base + 1] * extra + [base] * (n_bins - extra), device=device)
+    chunk = torch.repeat_interleave(torch.arange(n_bins, device=device), sizes)
+    position = torch.arange(n, device=device)
+    starts_block = torch.ones(n, dtype=torch.bool, device=device)
+    starts_block[1:] = ordered[1:] != ordered[:-1]
+    # running maximum of the positions where a block starts: each sample's first tied position
+    block_start = torch.cummax(torch.where(starts_block, position, 0), dim=0).values
+    return _binned_sums(ordered, correct[order], chunk[block_start], n_bins)
 
 
 def _adaptive_calibration_error_compute(confidence: Tensor, correct: Tensor, n_bins: int) -> Tensor:
     """AdaECE from all top-label confidences and correctness flags (any order); NaN when there are none.
 
-    Sorts the confidences (stable, so ties keep their input order) and cuts them into ``n_bins`` contiguous
-    chunks with the sizes ``numpy.array_split`` gives: the first ``N % n_bins`` chunks hold one sample more.
-    Empty chunks (``N < n_bins``) are dropped.
+    Equal-mass bins of :func:`_equal_mass_sums`; empty bins are dropped.
     """
-    n = confidence.numel()
-    if n == 0:
+    if confidence.numel() == 0:
         return _nan(confidence.device)
-    order = torch.sort(confidence, stable=True).indices
-    base, extra = divmod(n, n_bins)
-    sizes = torch.tensor([base + 1] * extra + [base] * (n_bins - extra), device=confidence.device)
-    chunk = torch.repeat_interleave(torch.arange(n_bins, device=confidence.device), sizes)
-    count, conf_sum, hit_sum = _binned_sums(confidence[order], correct[order], chunk, n_bins)
-    return _calibration_error_compute(count, conf_sum, hit_sum, "l1")
+    return _calibration_error_compute(*_equal_mass_sums(confidence, correct, n_bins), "l1")
+
+
+def _debiased_compute(count: Tensor, conf_sum: Tensor, hit_sum: Tensor) -> Tensor:
+    """Debiased l2 calibration error from per-bin statistics; NaN when no sample has been seen.
+
+    Each bin of ``n_b >= 2`` samples contributes ``n_b / N [(conf_b - acc_b)^2 - acc_b (1 - acc_b) / (n_b - 1)]``
+    (the plug-in square minus an unbiased estimate of its sampling variance); bins of fewer samples contribute 0
+    (their weight still counts in N). The root of the sum, clamped at 0 first.
+    """
+    n = count.sum()
+    if n == 0:
+        return _nan(count.device)
+    enough = count >= 2
+    n_b = count[enough].to(_ACC)
+    conf, acc = conf_sum[enough] / n_b, hit_sum[enough] / n_b
+    square = (n_b * ((conf - acc).square() - acc * (1 - acc) / (n_b - 1))).sum() / n
+    return square.clamp(min=0).sqrt()
+
+
+# The discretisation of relplot 1.0.3's smECE, reproduced so that ceexp's value is relplot's (up to rounding).
+_SMECE_EVAL_POINTS = 200  # at least this many evenly spaced points t_j on [0, 1] (round(10 / sigma) if more)
+_SMECE_GRID_POINTS = 2000  # the kernel grid has max(this, round(20 / sigma)) // 2 + 1 points
+_SMECE_DENSITY_EPS = 1e-4  # added to the smoothed density at every t_j (relplot's guard against 0 / 0)
+_SMECE_SIGMA_MIN = 1e-3  # a bandwidth below this is taken as the fixed point without evaluating it
+_SMECE_BISECTIONS = 10  # halvings of the bandwidth interval (0, 1]: sigma* to 2^-10
+
+
+class _KernelSmoother:
+    """smECE of one set of top-label samples at any bandwidth ``sigma``, in float64 numpy on the CPU.
+
+    The kernel sums ``sum_i K_sigma(t_j, f_i) w_i`` are taken as relplot takes them: the weights ``w`` (the
+    residual ``f - a`` and 1, for the density) are spread linearly onto a grid of ``m`` points on ``[0, 1]``, the
+    grid, mirrored about 0 and about 1, is convolved with a Gaussian of standard deviation ``sigma`` sampled on
+    the grid (``phi_sigma(d)`` per grid step, not normalised, truncated at ``|d| <= 1/2``), and the result is
+    linearly interpolated at the ``E`` evaluation points ``t_j``. ``m`` depends on ``sigma`` only below 0.01 and
+    ``E`` below 0.05, so what does not depend on ``sigma`` (the grid's spectrum, the interpolation weights) is
+    kept per size: the bisection's first bandwidths share one grid. numpy rather than torch: the bisection is a
+    sequence of small steps with a decision after each, and torch's multithreaded CPU FFT of a few thousand
+    points cost 10 to 100 times more than numpy's on a busy two-core machine (1.6 ms in all at N = 1000).
+    """
+
+    def __init__(self, confidence: Tensor, correct: Tensor) -> None:
+        self.confidence = confidence.detach().to("cpu", _ACC).numpy()
+        self.residual = self.confidence - correct.detach().to("cpu", _ACC).numpy()
+        self._grids: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}
+        self._interpolation: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+    def _grid(self, m: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """(spectrum of the mirrored grid ``(2, size // 2 + 1)``, squared kernel offsets ``(m,)``, FFT size)."""
+        if m not in self._grids:
+            # linear deposit: a confidence between grid points g and g + 1 splits its weight by proximity
+            position = self.confidence * (m - 1)
+            left = np.clip(position.astype(np.int64), 0, m - 2)
+            frac = position - left
+            index = np.concatenate([left, left + 1])
+            grid = np.stack([np.bincount(index, np.concatenate([w * (1 - frac), w * frac]), minlength=m)
+                             for w in (self.residual, np.ones_like(frac))])
+            mirrored = np.concatenate([grid[:, :0:-1], grid, grid[:, -2::-1]], axis=1)  # reflect about 0 and 1
+            # a circular convolution of length >= 3m - 2 does not wrap into the window that is kept
+            size = 1 << (3 * m - 3).bit_length()
+            offset = np.arange(m) / (m - 1) - 0.5
+            self._grids[m] = (np.fft.rfft(mirrored, size), offset * offset, size)
+        return self._grids[m]
+
+    def _interpolation_weights(self, m: int, n_eval: int) -> tuple[np.ndarray, np.ndarray]:
+        """Grid cell of each evaluation point ``t_j = j / (E - 1)`` and its position within the cell."""
+        key = (m, n_eval)
+        if key not in self._interpolation:
+            t = np.arange(n_eval) / (n_eval - 1)
+            step = 1.0 / (m - 1)
+            cell = np.clip((t * (m - 1)).astype(np.int64), 0, m - 2)
+            self._interpolation[key] = (cell, (t - cell * step) / step)
+        return self._interpolation[key]
+
+    def smooth(self, sigma: float) -> np.ndarray:
+        """Kernel sums of the residual and of 1 at the evaluation points: ``(2, E)`` float64."""
+        m = max(_SMECE_GRID_POINTS, round(20 / sigma)) // 2 + 1
+        n_eval = max(round(10 / sigma), _SMECE_EVAL_POINTS)
+        spectrum, offset_squared, size = self._grid(m)
+        kernel = np.exp(-offset_squared / (2 * sigma * sigma)) / (math.sqrt(2 * math.pi) * sigma)
+        # the kernel is symmetric, so convolving is correlating: grid point g gets sum_k mirrored[g + m // 2 + k]
+        # * kernel[k], which is entry g + m // 2 + m - 1 of the full convolution
+        full = np.fft.irfft(spectrum * np.fft.rfft(kernel, size), size)
+        smoothed = full[:, m // 2 + m - 1:m // 2 + 2 * m - 1]
+        cell, within = self._interpolation_weights(m, n_eval)
+        return smoothed[:, cell] * (1 - within) + smoothed[:, cell + 1] * within
+
+    def smece(self, sigma: float) -> float:
+        """``sum_j |smoothed residual_j| / sum_j (smoothed density_j + eps)``."""
+        residual, density = self.smooth(sigma)
+        return float(np.abs(residual).sum() / (density.sum() + _SMECE_DENSITY_EPS * density.size))
+
+
+def _smooth_ece_compute(confidence: Tensor, correct: Tensor) -> Tensor:
+    """smECE at its fixed-point bandwidth from top-label confidences and correctness flags; NaN when none.
+
+    Bisection on ``(0, 1]`` for the smallest tested ``sigma`` with ``smECE_sigma <= sigma`` (relplot's
+    ``search_param``): a bandwidth passes when ``sigma < smECE_sigma`` (or ``sigma < 1e-3``), ten halvings, and the
+    result is smECE at the last bandwidth that did not pass (already evaluated, so it is cached).
+    """
+    if confidence.numel() == 0:
+        return _nan(confidence.device)
+    smoother = _KernelSmoother(confidence, correct)
+    values: dict[float, float] = {}
+
+    def smaller_than_its_smece(sigma: float) -> bool:
+        if sigma < _SMECE_SIGMA_MIN:
+            return True
+        values[sigma] = smoother.smece(sigma)
+        return sigma < values[sigma]
+
+    sigma = 1.0
+    if not smaller_than_its_smece(sigma):
+        passed = 0.0
+        for _ in range(_SMECE_BISECTIONS):
+            mid = (sigma + passed) / 2
+            if smaller_than_its_smece(mid):
+                passed = mid
+            else:
+                sigma = mid
+    return torch.tensor(values[sigma], dtype=_ACC, device=confidence.device)
 
 
 def _classwise_compute(count: Tensor, p_sum: Tensor, hit_sum: Tensor) -> Tensor:
@@ -279,7 +465,9 @@ def adaptive_calibration_error(probs: Tensor, target: Tensor, n_bins: int = 15) 
     The l1 formula of :func:`expected_calibration_error`, but over bins that each hold (nearly) the same number
     of samples: the top-label confidences are sorted and cut into ``n_bins`` contiguous chunks of the sizes
     ``numpy.array_split`` gives (the first ``N % n_bins`` chunks hold one more sample; empty chunks, when
-    ``N < n_bins``, are skipped). Ties are kept in input order (stable sort).
+    ``N < n_bins``, are skipped). Ties: a block of equal confidences is never split; it goes whole to the chunk
+    of its first sorted position (the chunks it overlaps lose those samples), so the value does not depend on
+    the order of the samples.
 
     .. math::
         \mathrm{AdaECE} = \sum_b \frac{|B_b|}{N} |\mathrm{acc}_b - \mathrm{conf}_b|,\qquad
@@ -310,11 +498,167 @@ def adaptive_calibration_error(probs: Tensor, target: Tensor, n_bins: int = 15) 
         >>> target = torch.tensor([0, 0, 1, 0])
         >>> adaptive_calibration_error(probs, target, n_bins=2)
         tensor(0.1500)
+
+        Four equal confidences 0.6, two right: one tie block, one bin, |0.5 - 0.6| = 0.1 in any order.
+
+        >>> tied = torch.tensor([[0.6, 0.4]] * 4)
+        >>> adaptive_calibration_error(tied, torch.tensor([0, 0, 1, 1]), n_bins=2)
+        tensor(0.1000)
+        >>> adaptive_calibration_error(tied, torch.tensor([0, 1, 0, 1]), n_bins=2)
+        tensor(0.1000)
     """
     _binning_arg_validation(n_bins)
     check_probabilities(probs, target)
     confidence, correct = _top_label(probs, target)
     return _adaptive_calibration_error_compute(confidence, correct, n_bins).to(probs.dtype)
+
+
+def smooth_ece(probs: Tensor, target: Tensor) -> Tensor:
+    r"""Smooth ECE (smECE) of the top-label confidence, at its automatic (fixed-point) bandwidth.
+
+    With top-label confidence :math:`f_i = \max_c p_{ic}`, correctness :math:`a_i = [\arg\max_c p_{ic} = y_i]`
+    and :math:`K_\sigma` a Gaussian kernel of standard deviation :math:`\sigma` reflected at 0 and at 1, the
+    kernel-smoothed residual :math:`\hat r_\sigma(t) = \sum_i K_\sigma(t, f_i)(f_i - a_i) / \sum_i K_\sigma(t, f_i)`
+    (Nadaraya-Watson) is integrated against the kernel density of the confidences:
+
+    .. math::
+        \mathrm{smECE}_\sigma = \int_0^1 |\hat r_\sigma(t)|\, \hat\delta_\sigma(t)\, dt
+        \approx \frac{\sum_j \left|\sum_i K_\sigma(t_j, f_i)(f_i - a_i)\right|}
+        {\sum_j \left(\sum_i K_\sigma(t_j, f_i) + \epsilon\right)},\qquad
+        \mathrm{smECE} = \mathrm{smECE}_{\sigma^*},\quad \sigma^* = \mathrm{smECE}_{\sigma^*}.
+
+    The bandwidth is the fixed point, found by bisection on ``(0, 1]`` to :math:`2^{-10}`; the kernel sums are
+    taken on a grid of spacing at most :math:`\sigma / 10` and the integral over ``max(200, 10 / sigma)`` evenly
+    spaced points :math:`t_j`, with :math:`\epsilon = 10^{-4}`. Every one of these choices is relplot's (the
+    authors' package, version 1.0.3, ``relplot.smECE``): the value is relplot's up to rounding (1e-15). No bins.
+
+    Args:
+        probs: ``(N, C)`` floating class probabilities (rows sum to 1).
+        target: ``(N,)`` int64 class indices in ``[0, C)``.
+
+    Returns:
+        A 0-dim tensor of ``probs``' dtype, in units of probability, in ``[0, 1]`` (computed in float64).
+
+    Raises:
+        ValueError: if ``probs`` / ``target`` fail :func:`ceexp.checks.check_probabilities`.
+
+    References:
+        Błasiok & Nakkiran (2023), "Smooth ECE: Principled Reliability Diagrams via Kernel Smoothing", ICLR 2024
+        (arXiv:2309.12236): smECE at bandwidth sigma, and the scale sigma* with smECE_sigma* = sigma*;
+        their implementation ``relplot.smECE`` (reflected Gaussian kernel, ``search_param``).
+
+    Example:
+        Always right at confidence 1: no residual anywhere. Four predictions at 0.75, three right: calibrated
+        on average, and smoothing cannot find a gap.
+
+        >>> smooth_ece(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 1]))
+        tensor(0.)
+        >>> smooth_ece(torch.tensor([[0.75, 0.25]] * 4), torch.tensor([0, 0, 0, 1]))
+        tensor(0.)
+
+        Confidence 0.9, every prediction wrong: the residual is 0.9 wherever there is mass (0.8999979 with the
+        density's epsilon).
+
+        >>> smooth_ece(torch.tensor([[0.9, 0.1]] * 100), torch.ones(100, dtype=torch.int64))
+        tensor(0.9000)
+    """
+    check_probabilities(probs, target)
+    confidence, correct = _top_label(probs, target)
+    return _smooth_ece_compute(confidence, correct).to(probs.dtype)
+
+
+def debiased_ece(probs: Tensor, target: Tensor, n_bins: int = 15) -> Tensor:
+    r"""Debiased top-label l2 calibration error over equal-mass bins (Kumar, Liang & Ma 2019).
+
+    The plug-in squared error of each bin is corrected by an unbiased estimate of the part that sampling noise
+    adds to it, :math:`\mathrm{acc}_b (1 - \mathrm{acc}_b) / (|B_b| - 1)`:
+
+    .. math::
+        \mathrm{ECE}_{debiased} = \sqrt{\max\left(0,\ \sum_{b:\,|B_b| \ge 2} \frac{|B_b|}{N}
+        \left[(\mathrm{conf}_b - \mathrm{acc}_b)^2 - \frac{\mathrm{acc}_b (1 - \mathrm{acc}_b)}{|B_b| - 1}\right]
+        \right)}
+
+    over the equal-mass bins of :func:`adaptive_calibration_error` (same tie rule); a bin of one sample
+    contributes 0 but keeps its weight in N. The root of the squared error, not the square (an RMS calibration
+    error in probability units, comparable with ``norm="l2"`` of :func:`expected_calibration_error`). Equals
+    ``calibration.get_calibration_error(probs, target, p=2, debias=True, mode="top-label")`` of Kumar et al.'s
+    package for continuous outputs (with ``n_bins=15``; that package's default mode is ``"marginal"``, i.e.
+    classwise, and it switches to one bin per distinct value when the outputs take few values; ceexp does
+    neither).
+
+    Args:
+        probs: ``(N, C)`` floating class probabilities (rows sum to 1).
+        target: ``(N,)`` int64 class indices in ``[0, C)``.
+        n_bins: number of equal-mass bins.
+
+    Returns:
+        A 0-dim tensor of ``probs``' dtype, in units of probability, in ``[0, 1]``.
+
+    Raises:
+        ValueError: if ``n_bins`` is not a positive integer or ``probs`` / ``target`` fail
+            :func:`ceexp.checks.check_probabilities`.
+
+    References:
+        Kumar, Liang & Ma (2019), "Verified Uncertainty Calibration", NeurIPS (the debiased estimator of the
+        squared l2 calibration error, with equal-mass bins); their package ``uncertainty-calibration``
+        (``calibration.utils.unbiased_square_ce``, ``unbiased_l2_ce``, ``get_equal_bins``).
+
+    Example:
+        One bin of four at confidence 0.75, acc 0.5: 0.25^2 - 0.5 * 0.5 / 3 < 0 is clamped to 0. Confidence
+        0.9, acc 0.5: sqrt(0.4^2 - 0.25 / 3) = sqrt(0.076667) = 0.2769.
+
+        >>> target = torch.tensor([0, 0, 1, 1])
+        >>> debiased_ece(torch.tensor([[0.75, 0.25]] * 4), target, n_bins=1)
+        tensor(0.)
+        >>> debiased_ece(torch.tensor([[0.9, 0.1]] * 4), target, n_bins=1)
+        tensor(0.2769)
+    """
+    _binning_arg_validation(n_bins)
+    check_probabilities(probs, target)
+    confidence, correct = _top_label(probs, target)
+    return _debiased_compute(*_equal_mass_sums(confidence, correct, n_bins)).to(probs.dtype)
+
+
+def signed_ece(probs: Tensor, target: Tensor, n_bins: int = 15) -> Tensor:
+    r"""Signed top-label calibration error: positive when over-confident, negative when under-confident.
+
+    The ECE of :func:`expected_calibration_error` without the absolute value, over the same equal-width bins:
+
+    .. math::
+        \mathrm{ECE}_{signed} = \sum_b \frac{|B_b|}{N} (\mathrm{conf}_b - \mathrm{acc}_b)
+        = \frac{1}{N}\sum_i \hat p_i - \frac{1}{N}\sum_i a_i.
+
+    The weights cancel the bin sizes, so the sum is the mean confidence minus the accuracy whatever the bins:
+    ``n_bins`` is checked (for a signature uniform with the other estimators) but does not change the value.
+    Over- and under-confident bins offset each other; :math:`|\mathrm{ECE}_{signed}| \le \mathrm{ECE}`.
+
+    Args:
+        probs: ``(N, C)`` floating class probabilities (rows sum to 1).
+        target: ``(N,)`` int64 class indices in ``[0, C)``.
+        n_bins: number of equal-width bins over ``[0, 1]`` (no effect on the value, see above).
+
+    Returns:
+        A 0-dim tensor of ``probs``' dtype, in units of probability, in ``[-1, 1]``.
+
+    Raises:
+        ValueError: if ``n_bins`` is not a positive integer or ``probs`` / ``target`` fail
+            :func:`ceexp.checks.check_probabilities`.
+
+    References:
+        Guo, Pleiss, Sun & Weinberger (2017), "On Calibration of Modern Neural Networks", ICML, eq. (3) without
+        the absolute value (the over-/under-confidence reading of their Fig. 1).
+
+    Example:
+        Confidence 0.9 right and 0.9 wrong (bin (0.8, 1]: 0.9 - 0.5 = +0.4, weight 2/3); 0.6 right (bin
+        (0.4, 0.6]: 0.6 - 1 = -0.4, weight 1/3): +0.4 * 2/3 - 0.4 / 3 = 0.1333.
+
+        >>> probs = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4]])
+        >>> signed_ece(probs, torch.tensor([0, 1, 0]), n_bins=5)
+        tensor(0.1333)
+    """
+    _binning_arg_validation(n_bins)
+    check_probabilities(probs, target)
+    return _signed_compute(*_calibration_error_update(probs, target, n_bins)).to(probs.dtype)
 
 
 def classwise_calibration_error(probs: Tensor, target: Tensor, n_bins: int = 15) -> Tensor:
@@ -398,22 +742,33 @@ def reliability_bins(probs: Tensor, target: Tensor, n_bins: int = 15) -> Reliabi
         n_bins: number of equal-width bins over ``[0, 1]``.
 
     Returns:
-        :class:`ReliabilityBins` ``(edges, confidence, accuracy, count)``: ``edges`` ``(n_bins + 1,)``,
-        the others ``(n_bins,)``; confidence and accuracy are float64 probabilities and NaN for empty bins
-        (so a plot draws nothing there), ``count`` is int64.
+        :class:`ReliabilityBins` ``(edges, confidence, accuracy, count, acc_low, acc_high)``: ``edges``
+        ``(n_bins + 1,)``, the others ``(n_bins,)``; confidence, accuracy and the 95% Wilson score interval of
+        the accuracy (``acc_low``, ``acc_high``) are float64 probabilities and NaN for empty bins (so a plot
+        draws nothing there), ``count`` is int64.
 
     Raises:
         ValueError: if ``n_bins`` is not a positive integer or ``probs`` / ``target`` fail
             :func:`ceexp.checks.check_probabilities`.
 
+    References:
+        Wilson (1927), "Probable inference, the law of succession, and statistical inference", JASA 22:209-212
+        (the score interval, z = 1.96); Brown, Cai & DasGupta (2001), "Interval Estimation for a Binomial
+        Proportion", Statistical Science (why Wilson rather than the Wald interval for small bins).
+
     Example:
-        0.6 sits on an edge and joins the bin (0.4, 0.6] below it; 1.0 is in the last bin.
+        0.6 sits on an edge and joins the bin (0.4, 0.6] below it; 1.0 is in the last bin. One right answer
+        out of one: the Wilson interval is [1 / (1 + z^2), 1] = [0.2065, 1]; one wrong: [0, z^2 / (1 + z^2)].
 
         >>> bins = reliability_bins(torch.tensor([[0.6, 0.4], [0.0, 1.0]]), torch.tensor([0, 0]), n_bins=5)
         >>> bins.count
         tensor([0, 0, 1, 0, 1])
         >>> bins.accuracy
         tensor([nan, nan, 1., nan, 0.], dtype=torch.float64)
+        >>> bins.acc_low
+        tensor([   nan,    nan, 0.2065,    nan, 0.0000], dtype=torch.float64)
+        >>> bins.acc_high
+        tensor([   nan,    nan, 1.0000,    nan, 0.7935], dtype=torch.float64)
     """
     check_positive_int("n_bins", n_bins)
     check_probabilities(probs, target)
@@ -467,6 +822,46 @@ def nats_to_bits(x: Tensor | float) -> Tensor | float:
         1.0
     """
     return x / math.log(2)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the registry: tag -> f(probs, target, n_bins); the metrics without bins are given that signature
+
+
+def _accuracy(probs: Tensor, target: Tensor, n_bins: int = 15) -> Tensor:
+    check_probabilities(probs, target)
+    return _top_label(probs, target)[1].to(probs.dtype).mean()
+
+
+def _confidence(probs: Tensor, target: Tensor, n_bins: int = 15) -> Tensor:
+    check_probabilities(probs, target)
+    return mean_confidence(probs)
+
+
+def _brier(probs: Tensor, target: Tensor, n_bins: int = 15) -> Tensor:
+    return brier_score(probs, target)
+
+
+def _smece(probs: Tensor, target: Tensor, n_bins: int = 15) -> Tensor:
+    return smooth_ece(probs, target)
+
+
+METRIC_FUNCTIONS: dict[str, Callable[..., Tensor]] = {
+    "acc": _accuracy,
+    "adaece": adaptive_calibration_error,
+    "brier": _brier,
+    "confidence": _confidence,
+    "cwece": classwise_calibration_error,
+    "ece": expected_calibration_error,
+    "ece_debiased": debiased_ece,
+    "ece_signed": signed_ece,
+    "mce": partial(expected_calibration_error, norm="max"),
+    "smece": _smece,
+}
+"""Tag -> ``f(probs (N, C), target (N,), n_bins=15) -> 0-dim tensor of probs' dtype``, for every probability-based
+metric that ``ceexp.module.EvalMetrics`` logs (same tags, same values on the same samples). ``n_bins`` is passed
+positionally and ignored by the metrics without bins (``acc``, ``brier``, ``confidence``, ``smece``). NLL is
+absent: it needs logits (:func:`negative_log_likelihood`)."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -544,37 +939,30 @@ class CalibrationError(_ProbabilityMetric):
 
     def summary(self) -> dict[str, Tensor]:
         """Everything the per-bin sums give, from one sync: ``ece`` (l1), ``rmsce`` (l2), ``mce`` (max),
-        ``acc`` (top-label accuracy) and ``confidence`` (mean top-label probability), float64 0-dim tensors."""
+        ``ece_signed`` (:func:`signed_ece`), ``acc`` (top-label accuracy) and ``confidence`` (mean top-label
+        probability), float64 0-dim tensors."""
         with self.sync_context(should_sync=self._to_sync, should_unsync=self._should_unsync):
             n = self.count.sum().to(_ACC)
             out = {name: _calibration_error_compute(self.count, self.conf_sum, self.correct_sum, norm)
                    for name, norm in (("ece", "l1"), ("rmsce", "l2"), ("mce", "max"))}
+            out["ece_signed"] = _signed_compute(self.count, self.conf_sum, self.correct_sum)
             out["acc"] = self.correct_sum.sum() / n
             out["confidence"] = self.conf_sum.sum() / n
             return out
 
 
-class AdaptiveCalibrationError(_ProbabilityMetric):
-    """AdaECE accumulated over batches; see :func:`adaptive_calibration_error`.
+class _TopLabelSamples(_ProbabilityMetric):
+    """Keeps every top-label confidence and correctness flag, for the estimators that need all samples.
 
-    Equal-mass bins need every confidence, so the states are lists (``dist_reduce_fx="cat"``) of the top-label
-    confidences and correctness flags: memory O(N). ``compute()`` returns a float64 0-dim tensor (NaN before
-    any update).
-
-    Args:
-        n_bins: number of equal-mass bins.
-        kwargs: passed to :class:`torchmetrics.Metric`.
-
-    Raises:
-        ValueError: on a bad ``n_bins`` (at construction) or bad ``probs`` / ``target`` (in update).
+    States: ``confidence`` and ``correct``, lists of float64 ``(B,)`` tensors (``dist_reduce_fx="cat"``, so a
+    sync concatenates them across processes): memory O(N). A subclass implements ``_compute(confidence,
+    correct)``; ``compute()`` returns its float64 0-dim result, NaN before any update.
     """
 
     plot_upper_bound = 1.0
 
-    def __init__(self, n_bins: int = 15, **kwargs) -> None:
+    def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        _binning_arg_validation(n_bins)
-        self.n_bins = n_bins
         self.add_state("confidence", [], dist_reduce_fx="cat")
         self.add_state("correct", [], dist_reduce_fx="cat")
 
@@ -584,14 +972,107 @@ class AdaptiveCalibrationError(_ProbabilityMetric):
         self.confidence.append(confidence.to(_ACC))
         self.correct.append(correct.to(_ACC))  # float, not bool: every backend can all-gather it
 
-    def compute(self) -> Tensor:
+    def _samples(self) -> tuple[Tensor, Tensor] | None:
+        """All confidences and correctness flags seen, or None before any update."""
         # a list of batches here; one tensor (already concatenated) after a cross-process sync
         if isinstance(self.confidence, list) and not self.confidence:
-            return _nan(self.device)
+            return None
         confidence, correct = dim_zero_cat(self.confidence), dim_zero_cat(self.correct)
-        if confidence.numel() == 0:
-            return _nan(self.device)
+        return (confidence, correct) if confidence.numel() else None
+
+    def _compute(self, confidence: Tensor, correct: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def compute(self) -> Tensor:
+        samples = self._samples()
+        return _nan(self.device) if samples is None else self._compute(*samples)
+
+
+class AdaptiveCalibrationError(_TopLabelSamples):
+    """AdaECE accumulated over batches; see :func:`adaptive_calibration_error`.
+
+    Equal-mass bins need every confidence, so the states are lists (``dist_reduce_fx="cat"``) of the top-label
+    confidences and correctness flags: memory O(N). ``compute()`` returns a float64 0-dim tensor (NaN before
+    any update); :meth:`summary` gives the other estimators that need every sample from the same state.
+
+    Args:
+        n_bins: number of equal-mass bins.
+        kwargs: passed to :class:`torchmetrics.Metric`.
+
+    Raises:
+        ValueError: on a bad ``n_bins`` (at construction) or bad ``probs`` / ``target`` (in update).
+
+    Example:
+        >>> metric = AdaptiveCalibrationError(n_bins=2)
+        >>> metric.update(torch.tensor([[0.9, 0.1], [0.3, 0.7]]), torch.tensor([0, 0]))
+        >>> metric.update(torch.tensor([[0.2, 0.8], [0.6, 0.4]]), torch.tensor([1, 0]))
+        >>> metric.compute()
+        tensor(0.1500, dtype=torch.float64)
+    """
+
+    def __init__(self, n_bins: int = 15, **kwargs) -> None:
+        super().__init__(**kwargs)
+        _binning_arg_validation(n_bins)
+        self.n_bins = n_bins
+
+    def _compute(self, confidence: Tensor, correct: Tensor) -> Tensor:
         return _adaptive_calibration_error_compute(confidence, correct, self.n_bins)
+
+    def summary(self) -> dict[str, Tensor]:
+        """Every estimator of the stored samples, from one sync: ``adaece``, ``ece_debiased``
+        (:func:`debiased_ece`, the same ``n_bins`` equal-mass bins) and ``smece`` (:func:`smooth_ece`),
+        float64 0-dim tensors (NaN before any update)."""
+        with self.sync_context(should_sync=self._to_sync, should_unsync=self._should_unsync):
+            samples = self._samples()
+            if samples is None:
+                return {name: _nan(self.device) for name in ("adaece", "ece_debiased", "smece")}
+            sums = _equal_mass_sums(*samples, self.n_bins)
+            return {
+                "adaece": _calibration_error_compute(*sums, "l1"),
+                "ece_debiased": _debiased_compute(*sums),
+                "smece": _smooth_ece_compute(*samples),
+            }
+
+
+class DebiasedCalibrationError(_TopLabelSamples):
+    """Debiased l2 calibration error accumulated over batches; see :func:`debiased_ece`.
+
+    States as :class:`AdaptiveCalibrationError` (every top-label confidence and correctness flag, O(N));
+    ``compute()`` returns a float64 0-dim tensor (NaN before any update).
+
+    Args:
+        n_bins: number of equal-mass bins.
+        kwargs: passed to :class:`torchmetrics.Metric`.
+
+    Raises:
+        ValueError: on a bad ``n_bins`` (at construction) or bad ``probs`` / ``target`` (in update).
+    """
+
+    def __init__(self, n_bins: int = 15, **kwargs) -> None:
+        super().__init__(**kwargs)
+        _binning_arg_validation(n_bins)
+        self.n_bins = n_bins
+
+    def _compute(self, confidence: Tensor, correct: Tensor) -> Tensor:
+        return _debiased_compute(*_equal_mass_sums(confidence, correct, self.n_bins))
+
+
+class SmoothCalibrationError(_TopLabelSamples):
+    """Smooth ECE (smECE) accumulated over batches; see :func:`smooth_ece`.
+
+    States as :class:`AdaptiveCalibrationError` (every top-label confidence and correctness flag, O(N));
+    ``compute()`` returns a float64 0-dim tensor (NaN before any update). It costs a few milliseconds for
+    10,000 samples on a CPU.
+
+    Args:
+        kwargs: passed to :class:`torchmetrics.Metric`.
+
+    Raises:
+        ValueError: on bad ``probs`` / ``target`` (in update).
+    """
+
+    def _compute(self, confidence: Tensor, correct: Tensor) -> Tensor:
+        return _smooth_ece_compute(confidence, correct)
 
 
 class ClasswiseCalibrationError(_ProbabilityMetric):

@@ -5,12 +5,15 @@ logits ``(N, C)`` and int64 targets ``(N,)``. Besides the training objective (``
 always logs the cross-entropy of the predictions (``*/nll``, nats), so runs trained with
 different objectives are compared on the same axis.
 
+``*/loss`` is the objective per sample: a loss with ``reduction="sum"`` is divided by the batch size.
+
 TensorBoard tags (x axis: the global step):
     per step:   ``train/loss``
     per epoch:  ``train/loss_epoch``, ``train/nll``, ``val/{loss,nll,nll_bits,acc,ece,mce,adaece,cwece,brier,
-                confidence}``, image ``val/reliability_diagram``
+                confidence,smece,ece_debiased,ece_signed}``, image ``val/reliability_diagram``
     test:       ``test/*`` as for val; with a fitted temperature T also ``test/temperature`` and
-                ``test/{nll,nll_bits,acc,ece,mce,adaece,cwece,brier,confidence}_ts`` (metrics of logits / T)
+                ``test/{nll,nll_bits,acc,ece,mce,adaece,cwece,brier,confidence,smece,ece_debiased,ece_signed}_ts``
+                (metrics of logits / T)
 """
 from __future__ import annotations
 
@@ -33,7 +36,10 @@ class EvalMetrics(nn.Module):
 
     ``update(logits (B, C) float, target (B,) int64, objective: scalar tensor or None)``; ``compute()``
     returns a dict of python floats keyed by the tag suffixes of the module docstring. Accuracy, mean
-    confidence, ECE and MCE all come from the one per-bin state of :class:`CalibrationError`.
+    confidence, ECE, MCE and signed ECE all come from the one per-bin state of :class:`CalibrationError`;
+    AdaECE, the debiased ECE and smECE from the one list of top-label confidences and correctness flags of
+    :class:`AdaptiveCalibrationError` (its ``summary()``). Each probability-based value equals
+    ``ceexp.metrics.METRIC_FUNCTIONS[tag](softmax(logits), target, n_bins)`` on the epoch's samples.
     """
 
     def __init__(self, num_classes: int, n_bins: int):
@@ -65,10 +71,14 @@ class EvalMetrics(nn.Module):
         summary = self.ece.summary()
         for name in ("acc", "ece", "mce"):
             out[name] = summary[name]
-        out["adaece"] = self.adaece.compute()
+        samples = self.adaece.summary()
+        out["adaece"] = samples["adaece"]
         out["cwece"] = self.cwece.compute()
         out["brier"] = self.brier.compute()
         out["confidence"] = summary["confidence"]
+        out["smece"] = samples["smece"]
+        out["ece_debiased"] = samples["ece_debiased"]
+        out["ece_signed"] = summary["ece_signed"]
         return {k: float(v) for k, v in out.items()}
 
     def reset(self) -> None:
@@ -93,6 +103,8 @@ class ClassifierModule(pl.LightningModule):
 
     Attributes:
         temperature: ``None``, or a fitted temperature T > 0; when set, ``test`` also logs metrics of ``logits / T``.
+        test_logits, test_labels: after ``trainer.test``, the whole test split's logits ``(N, C)`` float32 and
+            labels ``(N,)`` int64 on the CPU (gathered from every process), in split order.
     """
 
     def __init__(
@@ -111,6 +123,7 @@ class ClassifierModule(pl.LightningModule):
         self.save_hyperparameters(hparams or {}, logger=False)
         self.model = model
         self.loss = loss
+        self._loss_sums = getattr(loss, "reduction", "mean") == "sum"
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.diagram_every_n_epochs = diagram_every_n_epochs
@@ -121,6 +134,10 @@ class ClassifierModule(pl.LightningModule):
         self.test_metrics = EvalMetrics(num_classes, n_bins)
         self.test_metrics_ts = EvalMetrics(num_classes, n_bins)
         self.temperature: Optional[float] = None
+        # the test split's logits and labels after trainer.test (what predictions.npz holds)
+        self.test_logits: Optional[torch.Tensor] = None
+        self.test_labels: Optional[torch.Tensor] = None
+        self._test_outputs: list = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -134,12 +151,18 @@ class ClassifierModule(pl.LightningModule):
                 f"non-finite training loss ({loss.item()}) at epoch {self.current_epoch}, step {self.global_step}"
             )
         n = y.numel()
-        self.train_loss.update(loss.detach(), weight=n)
+        per_sample = self._per_sample(loss.detach(), n)
+        self.train_loss.update(per_sample, weight=n)
         self.train_nll.update(F.cross_entropy(logits.detach().float(), y, reduction="none"))
         # self.log costs ~1.5 ms a call on CPU: call it only on the steps the logger writes
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
-            self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, batch_size=n)
+            self.log("train/loss", per_sample, on_step=True, on_epoch=False, batch_size=n)
         return loss
+
+    def _per_sample(self, objective: torch.Tensor, n: int) -> torch.Tensor:
+        """The objective per sample: a ``reduction="sum"`` loss (the paper code's protocol) divided by the batch
+        size, so that ``*/loss`` does not grow with ``data.batch_size``; a ``"mean"`` loss as it is."""
+        return objective / n if self._loss_sums else objective
 
     def on_train_epoch_end(self) -> None:
         self.log_dict(
@@ -153,7 +176,7 @@ class ClassifierModule(pl.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y = batch
         logits = self.model(x)
-        self.val_metrics.update(logits, y, self.loss(logits, y))
+        self.val_metrics.update(logits, y, self._per_sample(self.loss(logits, y), y.numel()))
 
     def on_validation_epoch_end(self) -> None:
         values = self.val_metrics.compute()
@@ -181,13 +204,15 @@ class ClassifierModule(pl.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         x, y = batch
         logits = self.model(x)
-        self.test_metrics.update(logits, y, self.loss(logits, y))
+        self.test_metrics.update(logits, y, self._per_sample(self.loss(logits, y), y.numel()))
         if self.temperature is not None:
             self.test_metrics_ts.update(logits / self.temperature, y)
+        self._test_outputs.append((logits.detach().float().cpu(), y.cpu()))
 
     def on_test_epoch_start(self) -> None:
         self.test_metrics.reset()
         self.test_metrics_ts.reset()
+        self._test_outputs = []
 
     def on_test_epoch_end(self) -> None:
         # not reset here: train() reads the reliability bins of both for the final figure
@@ -196,6 +221,23 @@ class ClassifierModule(pl.LightningModule):
             values["test/temperature"] = float(self.temperature)
             values.update({f"test/{k}_ts": v for k, v in self.test_metrics_ts.compute().items()})
         self.log_dict(values)
+        self.test_logits, self.test_labels = self._gather_test_outputs()
+        self._test_outputs = []
+
+    def _gather_test_outputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole test split's logits ``(N, C)`` float32 and labels ``(N,)`` int64, on the CPU, in split order.
+
+        With several processes each holds a contiguous slice of the split (rank order, no padding), so the
+        slices gathered from every process and concatenated in rank order are the split.
+        """
+        logits = torch.cat([o[0] for o in self._test_outputs]) if self._test_outputs else torch.empty(0, 0)
+        labels = torch.cat([o[1] for o in self._test_outputs]) if self._test_outputs else torch.empty(0, dtype=torch.int64)
+        if self.trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            parts: list = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(parts, (logits, labels))
+            parts = [p for p in parts if p[0].numel()]
+            logits, labels = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        return logits, labels
 
     def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0):
         x, y = batch

@@ -36,12 +36,20 @@ def _figure(width: float, height: float, dpi: int = 100, layout: Optional[str] =
 def draw_reliability_diagram(fig, subplot_spec, bins, title: str, ece: Optional[float] = None) -> None:
     """Draw one diagram (accuracy bars over a confidence histogram) into ``subplot_spec`` of ``fig``.
 
+    Each bin's accuracy bar carries its 95% interval as an error bar, and its fill is as opaque as the
+    interval is narrow (opacity 1 - interval width, at least 0.12): a bin of a few samples shows as a faint bar
+    with a long error bar rather than a solid full-height one. The outline stays, so the accuracy still reads.
+
     Args:
-        bins: per-bin statistics with attributes ``confidence``, ``accuracy``, ``count`` (length n_bins)
-            and ``edges`` (length n_bins + 1), as returned by ``ceexp.metrics.reliability_bins``.
+        bins: per-bin statistics with attributes ``confidence``, ``accuracy``, ``count`` (length n_bins),
+            ``edges`` (length n_bins + 1) and, optionally, ``acc_low`` and ``acc_high`` (the interval of the
+            accuracy; without them no error bars are drawn and every bar is opaque), as returned by
+            ``ceexp.metrics.reliability_bins``.
         title: panel title.
         ece: printed in the panel when given (a probability; shown in %).
     """
+    from matplotlib.colors import to_rgba
+
     count = np.asarray(bins.count, dtype=float)
     acc = np.nan_to_num(np.asarray(bins.accuracy, dtype=float))
     conf = np.asarray(bins.confidence, dtype=float)
@@ -49,24 +57,41 @@ def draw_reliability_diagram(fig, subplot_spec, bins, title: str, ece: Optional[
     width = np.diff(edges)
     centers = edges[:-1] + width / 2
     filled = count > 0
+    has_interval = getattr(bins, "acc_low", None) is not None and getattr(bins, "acc_high", None) is not None
+    if has_interval:
+        low = np.asarray(bins.acc_low, dtype=float)
+        high = np.asarray(bins.acc_high, dtype=float)
+        opacity = np.clip(1.0 - np.nan_to_num(high - low, nan=1.0), 0.12, 1.0)
+    else:
+        opacity = np.ones_like(count)
 
     grid = subplot_spec.subgridspec(2, 1, height_ratios=[3, 1], hspace=0.05)
     ax = fig.add_subplot(grid[0])
     hist = fig.add_subplot(grid[1], sharex=ax)
 
     ax.bar(edges[:-1][filled], acc[filled], width=width[filled], align="edge",
-           color="#4c72b0", edgecolor="black", linewidth=0.6, label="accuracy")
+           color=[to_rgba("#4c72b0", a) for a in opacity[filled]], edgecolor="black", linewidth=0.6)
     # the gap between a bin's accuracy and its mean confidence: what ECE sums
     gap_bottom = np.minimum(acc, conf)[filled]
     ax.bar(centers[filled], np.abs(conf - acc)[filled], bottom=gap_bottom, width=width[filled] * 0.5,
-           color="#dd8452", alpha=0.75, edgecolor="#a0522d", linewidth=0.5, hatch="//", label="gap to confidence")
-    ax.plot([0, 1], [0, 1], linestyle="--", color="gray", linewidth=1, label="perfect calibration")
+           color=[to_rgba("#dd8452", 0.75 * a) for a in opacity[filled]], edgecolor="#a0522d", linewidth=0.5,
+           hatch="//")
+    interval = None
+    if has_interval and filled.any():
+        # beside the gap bar (which covers the middle half of the bin), not over it
+        interval = ax.errorbar((edges[:-1] + 0.875 * width)[filled], acc[filled],
+                               yerr=np.clip([acc[filled] - low[filled], high[filled] - acc[filled]], 0, None),
+                               fmt="none", ecolor="black", elinewidth=1.0, capsize=2.0, capthick=1.0, zorder=3,
+                               label="95% interval of accuracy (Wilson)")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="gray", linewidth=1)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy")
     ax.set_title(title, fontsize=10)
     ax.tick_params(labelbottom=False)
-    ax.legend(loc="upper left", fontsize=7, frameon=False)
+    # a light frame: a long error bar of a nearly empty low-confidence bin may reach under the legend
+    ax.legend(handles=_reliability_legend(has_interval) + ([interval] if interval else []), loc="upper left",
+              fontsize=7, frameon=True, framealpha=0.7, edgecolor="none", borderaxespad=0.3)
     if ece is not None:
         ax.text(0.97, 0.05, f"ECE = {100 * ece:.2f}%", ha="right", va="bottom", transform=ax.transAxes,
                 fontsize=9, bbox=dict(boxstyle="round", facecolor="white", edgecolor="lightgray"))
@@ -76,6 +101,21 @@ def draw_reliability_diagram(fig, subplot_spec, bins, title: str, ece: Optional[
     hist.set_xlim(0, 1)
     hist.set_xlabel("confidence (top-label probability)")
     hist.set_ylabel("share")
+
+
+def _reliability_legend(has_interval: bool) -> list:
+    """Legend handles of the lines and bars, drawn at full opacity (a bar's own first patch may be faint)."""
+    from matplotlib.colors import to_rgba
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    return [
+        Line2D([], [], linestyle="--", color="gray", linewidth=1, label="perfect calibration"),
+        Patch(facecolor="#4c72b0", edgecolor="black", linewidth=0.6,
+              label="accuracy (fill: 1 - interval width)" if has_interval else "accuracy"),
+        Patch(facecolor=to_rgba("#dd8452", 0.75), edgecolor="#a0522d", linewidth=0.5, hatch="//",
+              label="gap to confidence"),
+    ]
 
 
 def reliability_diagram_image(bins, title: str = "", ece: Optional[float] = None) -> np.ndarray:
@@ -279,4 +319,75 @@ def save_image_grid(
 
     # about ten characters of 12-point text to the inch: wrap a title wider than the tiles
     fig.suptitle(textwrap.fill(title, width=int(10 * tile_width * ncols)), fontsize=12)
+    return _save(fig, path)
+
+
+def save_intervals(
+    path: str | Path,
+    panels: Sequence[tuple],
+    labels: Sequence[str],
+    colors: Sequence,
+    title: str,
+    subtitle: str = "",
+    ncols: int = 4,
+) -> Path:
+    """A small-multiples forest plot: one panel per metric, the groups down the y axis, each group's mean as a
+    dot with its interval as a horizontal bar, and the reference group's mean as a dashed vertical line.
+
+    Args:
+        panels: ``(metric name, means, lows, highs, reference mean, marks)`` per panel, each of ``means``,
+            ``lows``, ``highs`` and ``marks`` one entry per group (NaN: nothing drawn); a mark ``"best"`` or
+            ``"tied"`` is written beside the interval (``best`` in bold).
+        labels: the groups' names, top to bottom.
+        colors: one colour per group (:func:`group_colors`).
+        title, subtitle: over the panels; the subtitle in smaller grey type (how to read the figure).
+        ncols: panels per row (at most).
+    """
+    n_groups, n_panels = len(labels), len(panels)
+    ncols = max(1, min(ncols, n_panels))
+    nrows = -(-n_panels // ncols)
+    label_width = min(3.5, 0.075 * max((len(lab) for lab in labels), default=5) + 0.4)
+    panel_height = 0.32 * n_groups + 0.9
+    fig = _figure(label_width + 3.1 * ncols, panel_height * nrows + (0.9 if subtitle else 0.6))
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
+    y = np.arange(n_groups)
+    for k, ax in enumerate(axes.flat):
+        if k >= n_panels:
+            ax.set_axis_off()
+            continue
+        name, mean, low, high, ref, marks = panels[k]
+        mean, low, high = (np.asarray(v, dtype=float) for v in (mean, low, high))
+        if np.isfinite(ref):
+            ax.axvline(ref, color="dimgray", linestyle="--", linewidth=1, zorder=1)
+        for i in range(n_groups):
+            if not np.isfinite(mean[i]):
+                continue
+            if np.isfinite(low[i]) and np.isfinite(high[i]):
+                ax.plot([low[i], high[i]], [i, i], color=colors[i], linewidth=2.2, solid_capstyle="butt", zorder=2)
+                for x in (low[i], high[i]):
+                    ax.plot([x, x], [i - 0.14, i + 0.14], color=colors[i], linewidth=1.2, zorder=2)
+            ax.plot(mean[i], i, marker=_MARKERS[i % len(_MARKERS)], markersize=6.5, color=colors[i],
+                    markeredgecolor="black", markeredgewidth=0.6, zorder=3)
+            if marks[i]:
+                right = high[i] if np.isfinite(high[i]) else mean[i]
+                ax.annotate(marks[i], (right, i), xytext=(4, 0), textcoords="offset points", va="center",
+                            fontsize=7.5, fontweight="bold" if marks[i] == "best" else "normal",
+                            color="black" if marks[i] == "best" else "dimgray", zorder=4,
+                            bbox=dict(boxstyle="square,pad=0.1", facecolor="white", edgecolor="none", alpha=0.85))
+        finite = np.concatenate([v[np.isfinite(v)] for v in (mean, low, high)] + [np.array([ref])[np.isfinite([ref])]])
+        if finite.size:
+            lo, hi = finite.min(), finite.max()
+            pad = (hi - lo) * 0.08 or abs(hi) * 0.05 or 0.01
+            ax.set_xlim(lo - pad, hi + pad * 3.5)  # room on the right for the marks
+        ax.set_title(name, fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+        ax.tick_params(axis="x", labelsize=8)
+        ax.set_ylim(n_groups - 0.5, -0.5)  # the first group on top
+        ax.set_yticks(y)
+        ax.set_yticklabels(labels, fontsize=8)
+        if k % ncols:
+            ax.tick_params(axis="y", labelleft=False)
+    fig.suptitle(title, fontsize=11)
+    if subtitle:
+        fig.supxlabel(subtitle, fontsize=8, color="dimgray")
     return _save(fig, path)

@@ -22,8 +22,8 @@ import hydra
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ceexp.runs import SweepRecord, RunInterrupted, resume_argv, write_status
-from ceexp.validation import CONFIG_DIR, ConfigError, check_group_choices, validate_config
+from ceexp.runs import RunInterrupted, SweepRecord, resume_argv, write_predictions, write_status
+from ceexp.validation import CHECKPOINTS, CONFIG_DIR, ConfigError, check_group_choices, validate_config
 
 __all__ = ["train", "build_loss", "main"]
 
@@ -102,24 +102,53 @@ def _choices() -> dict[str, str]:
 
     if not HydraConfig.initialized():
         return {}
-    return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items()
-            if k in HPARAM_GROUPS and v is not None}
+    return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items() if v is not None
+            and not k.startswith("hydra") and k not in ("paths", "callbacks", "logger")}
 
 
-HPARAM_GROUPS = ("seed", "data", "model", "loss", "optimizer", "scheduler", "n_bins")
+def _overridden() -> list[str]:
+    """The keys this job's command line set (``loss``, ``loss.gamma``, ``seed``...): in a sweep, what varies."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    keys = []
+    for line in HydraConfig.get().overrides.task:
+        key = line.split("=", 1)[0].lstrip("+~").split("@", 1)[0]
+        if key and not key.startswith(("hydra", "paths", "resume", "callbacks", "logger")) and key not in keys:
+            keys.append(key)
+    return keys
+
+
+# the groups that define an experiment, in the order the HParams tab shows them after the overridden keys
+HPARAM_GROUPS = ("loss", "seed", "model", "data", "optimizer", "scheduler", "n_bins")
 
 
 def hparams_of(config: dict) -> dict[str, Any]:
-    """The hyperparameters shown in TensorBoard's HParams tab: the chosen option of each config group
-    (``loss: focal``), then the flattened settings of the groups that define the experiment
-    (``loss.gamma``, ``optimizer.lr``, ...) and ``trainer.max_epochs``; no ``_target_`` or paths."""
+    """The hyperparameters shown in TensorBoard's HParams tab, in the order of its columns.
+
+    TensorBoard shows only the first few columns by default, so they come in this order: first what this job's
+    command line set (in a sweep: what varies, e.g. ``loss``, ``loss.gamma``, ``seed``), then for each group of
+    :data:`HPARAM_GROUPS` its chosen option (``loss: focal``) followed by its flattened settings (``loss.gamma``,
+    ...), the other group choices (``trainer``, ``experiment``...), and ``trainer.max_epochs``; no ``_target_``
+    or paths.
+    """
     from ceexp.tensorboard import flatten
 
-    params: dict[str, Any] = dict(_choices())
-    chosen = {k: config[k] for k in HPARAM_GROUPS if config.get(k) is not None}
-    params.update({k: v for k, v in flatten(chosen).items() if not k.endswith(("_target_", "_partial_"))})
-    params["trainer.max_epochs"] = config["trainer"].get("max_epochs")
-    return params
+    choices = _choices()
+    settings = {k: v for k, v in flatten({k: config[k] for k in HPARAM_GROUPS if config.get(k) is not None}).items()
+                if not k.endswith(("_target_", "_partial_"))}
+    ordered: dict[str, Any] = {}
+    for group in HPARAM_GROUPS:
+        if group in choices:
+            ordered[group] = choices[group]
+        ordered.update({k: v for k, v in settings.items() if k == group or k.startswith(group + ".")})
+    ordered.update({k: v for k, v in choices.items() if k not in ordered})
+    ordered["trainer.max_epochs"] = config["trainer"].get("max_epochs")
+    flat = flatten(config)
+    first = {k: choices.get(k, ordered.get(k, flat.get(k))) for k in _overridden()}
+    first = {k: v for k, v in first.items() if v is not None}
+    return {**first, **{k: v for k, v in ordered.items() if k not in first}}
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -139,7 +168,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     validate_config(cfg)  # before the heavy imports: a bad value is refused at once
     import pytorch_lightning as pl
 
-    from ceexp.calibration import TemperatureScaler
     from ceexp.module import ClassifierModule
     from ceexp.plots import save_reliability_diagrams
     from ceexp.tensorboard import log_custom_scalars, log_hparams
@@ -171,6 +199,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     ckpt_path, resumed_step = _checkpoint_to_resume(cfg)
     callbacks = _instantiate_dict(cfg.get("callbacks"), "callbacks")
+    best = _best_checkpoint(cfg)
+    if best is not None:  # before last.ckpt's callback, so last.ckpt holds this epoch's best-so-far (resume)
+        callbacks.insert(0, best)
     # resuming: TensorBoard drops what the interrupted run logged after the checkpoint, so no step repeats
     loggers = _instantiate_dict(cfg.get("logger"), "logger", purge_step=resumed_step)
     trainer = _instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
@@ -185,14 +216,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if not any(k.startswith("val/") for k in trainer.callback_metrics):
             trainer.validate(module, datamodule=datamodule, verbose=False)  # resumed after its last epoch
         metrics = {k: v for k, v in _numbers(trainer.callback_metrics).items() if k.startswith(("train/", "val/"))}
-        if cfg.temperature_scaling:
+        tested_epoch = _load_tested_weights(module, trainer, best)
+        val_logits = val_target = None
+        if cfg.temperature_scaling or cfg.get("save_predictions", True):
             # the datamodule's predict split is the whole validation split, in every process
             batches = trainer.predict(module, datamodule=datamodule)
-            logits = torch.cat([b[0] for b in batches])
-            target = torch.cat([b[1] for b in batches])
-            module.temperature = TemperatureScaler().fit(logits, target).temperature
+            val_logits = torch.cat([b[0] for b in batches]).float()
+            val_target = torch.cat([b[1] for b in batches])
+        temperatures = {}
+        if cfg.temperature_scaling:
+            temperatures = _fit_temperatures(val_logits, val_target, cfg.n_bins)
+            module.temperature = temperatures[cfg.get("temperature_fit", "nll")]
         for result in trainer.test(module, datamodule=datamodule, verbose=False):
             metrics.update(_numbers(result))
+        metrics["test/epoch"] = float(tested_epoch)
+        metrics.update(_temperature_fits(temperatures, module.test_logits, module.test_labels, cfg.n_bins))
+        if cfg.get("save_predictions", True) and trainer.is_global_zero:
+            write_predictions(run_dir, val_logits, val_target, module.test_logits, module.test_labels,
+                              module.temperature)
     except (KeyboardInterrupt, SystemExit) as e:  # Ctrl+C (Lightning turns it into SystemExit) or SIGTERM
         record_status(run_dir, "interrupted", error=f"{type(e).__name__} at epoch {trainer.current_epoch}, "
                       f"step {trainer.global_step}", **_numbers(trainer.callback_metrics))
@@ -224,6 +265,59 @@ def train(cfg: DictConfig) -> dict[str, Any]:
              metrics["test/acc"], metrics["test/nll"], metrics["test/ece"], metrics.get("test/ece_ts", float("nan")),
              module.temperature or float("nan"), run_dir)
     return result
+
+
+def _best_checkpoint(cfg: DictConfig):
+    """For ``checkpoint=best_val_nll|best_val_ece``: a ModelCheckpoint keeping ``checkpoints/<name>.ckpt``, the
+    weights of the epoch with the lowest monitored validation metric; ``None`` for ``checkpoint=last``."""
+    name = cfg.get("checkpoint", "last")
+    if CHECKPOINTS[name] is None:
+        return None
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    monitor, mode = CHECKPOINTS[name]
+    return ModelCheckpoint(dirpath=Path(cfg.paths.output_dir) / "checkpoints", filename=name, monitor=monitor,
+                           mode=mode, save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)
+
+
+def _load_tested_weights(module, trainer, best) -> int:
+    """Put the weights to test and calibrate into ``module``; return their epoch (epochs trained, from 1).
+
+    ``best`` is the callback of :func:`_best_checkpoint` (its best file is loaded), or ``None``: the weights at
+    the end of training stay.
+    """
+    if best is None:
+        return int(trainer.current_epoch)
+    if not best.best_model_path:
+        raise RuntimeError(f"checkpoint: no {best.monitor} was logged, so there is no best epoch to test "
+                           "(validation off?); use checkpoint=last")
+    state = torch.load(best.best_model_path, map_location=module.device, weights_only=False)
+    module.load_state_dict(state["state_dict"])
+    log.info("testing the weights of epoch %d (%s %.4f)", state["epoch"] + 1, best.monitor, float(best.best_model_score))
+    return int(state["epoch"]) + 1
+
+
+def _fit_temperatures(logits: torch.Tensor, target: torch.Tensor, n_bins: int) -> dict[str, float]:
+    """The temperature of each fit in ``ceexp.calibration`` (``nll``: L-BFGS on the NLL; ``ece_grid``: the grid
+    of Mukhoti et al.'s code minimising ECE) on the validation logits ``(N, C)`` and labels ``(N,)``."""
+    from ceexp.calibration import METHODS, TemperatureScaler
+
+    return {method: TemperatureScaler(method=method, n_bins=n_bins).fit(logits, target).temperature
+            for method in METHODS}
+
+
+def _temperature_fits(temperatures: dict[str, float], logits, target, n_bins: int) -> dict[str, float]:
+    """``test/temperature_<fit>``, ``test/ece_ts_<fit>`` and ``test/nll_ts_<fit>`` for every temperature fit, so
+    that the fit ``temperature_fit`` did not choose is reported too (the chosen one is also ``test/*_ts``)."""
+    from ceexp.metrics import expected_calibration_error
+
+    out = {}
+    for method, t in temperatures.items():
+        scaled = logits.double() / t
+        out[f"test/temperature_{method}"] = float(t)
+        out[f"test/ece_ts_{method}"] = float(expected_calibration_error(scaled.softmax(1), target, n_bins=n_bins))
+        out[f"test/nll_ts_{method}"] = float(torch.nn.functional.cross_entropy(scaled, target))
+    return out
 
 
 def _no_status(run_dir, status, **fields) -> dict:

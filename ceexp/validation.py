@@ -17,6 +17,10 @@ __all__ = ["ConfigError", "validate_config", "check_group_choices", "group_optio
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
+# checkpoint=: which weights are tested and calibrated (the monitored tag and its direction for best_*)
+CHECKPOINTS = {"last": None, "best_val_nll": ("val/nll", "min"), "best_val_ece": ("val/ece", "min")}
+
+
 class ConfigError(ValueError):
     """A config value outside what is allowed; the message is one line naming the field."""
 
@@ -90,6 +94,29 @@ def _loss(cfg: DictConfig) -> None:
                "'mean' or 'sum' (training needs a scalar)")
 
 
+TEMPERATURE_FITS = ("nll", "ece_grid")  # ceexp.calibration.METHODS, without importing torch here
+EXPECTED_KEYS = ("source", "key", "values")
+
+
+def _expected(cfg: DictConfig) -> None:
+    """``expected``: null, or a published table to compare a sweep with (see configs/train.yaml)."""
+    exp = cfg.get("expected")
+    if exp is None:
+        return
+    _check("expected", exp, isinstance(exp, DictConfig) and sorted(exp) == sorted(EXPECTED_KEYS),
+           "null or a mapping with the keys source, key, values")
+    for field in ("source", "key"):
+        _check(f"expected.{field}", exp[field], isinstance(exp[field], str) and exp[field] != "",
+               "a non-empty string")
+    _check("expected.values", exp["values"], isinstance(exp["values"], DictConfig),
+           "a mapping from each value of the setting named by expected.key to {metric tag: number}")
+    for row, tags in exp["values"].items():
+        _check(f"expected.values.{row}", tags, isinstance(tags, DictConfig) and len(tags) > 0,
+               "a non-empty mapping from metric tag (test/ece, ...) to number")
+        for tag, value in tags.items():
+            _check(f"expected.values.{row}.{tag}", value, _is_number(value), "a number")
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Check the user-settable fields of a composed train config.
 
@@ -104,6 +131,9 @@ def validate_config(cfg: DictConfig) -> None:
         if cfg.get(group) is None:
             raise ConfigError(f"{group}=null is invalid: expected one of {', '.join(group_options(group))}")
     _loss(cfg)
+    fit = cfg.get("temperature_fit", "nll")
+    _check("temperature_fit", fit, fit in TEMPERATURE_FITS, "one of " + ", ".join(TEMPERATURE_FITS))
+    _expected(cfg)
     opt = cfg.optimizer
     _check("optimizer.lr", opt.get("lr"), _is_number(opt.get("lr")) and opt.lr > 0, "a number > 0")
     if "weight_decay" in opt:
@@ -130,3 +160,8 @@ def validate_config(cfg: DictConfig) -> None:
             _check(f"data.{key}", f, _is_number(f) and 0 < f < 1, "a number in (0, 1)")
     me = cfg.trainer.get("max_epochs")
     _check("trainer.max_epochs", me, isinstance(me, int) and not isinstance(me, bool) and me >= 1, "an integer >= 1")
+    ck = cfg.get("checkpoint", "last")
+    _check("checkpoint", ck, ck in CHECKPOINTS, f"one of {', '.join(CHECKPOINTS)}")
+    for key in ("save_predictions", "temperature_scaling"):
+        v = cfg.get(key, True)
+        _check(key, v, isinstance(v, bool), "true or false")

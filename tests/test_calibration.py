@@ -177,3 +177,111 @@ def test_bad_constructor_and_forward_raise():
 def test_docstring_examples():
     result = doctest.testmod(ceexp.calibration, extraglobs={"torch": torch})
     assert result.attempted > 0 and result.failed == 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# method="ece_grid": Mukhoti et al. 2020's released temperature_scaling.py (cross_validate='ece')
+
+
+def np_ece(logits: np.ndarray, y: np.ndarray, t: float, n_bins: int = 15) -> float:
+    """Top-label ECE of softmax(logits / t) over bins (b/n, (b+1)/n], in float64, one bin at a time."""
+    z = logits / t
+    p = np.exp(z - logsumexp(z, axis=1, keepdims=True))
+    conf, correct = p.max(axis=1), p.argmax(axis=1) == y
+    edges = np.arange(n_bins + 1) / n_bins
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        in_bin = (conf > lo) & (conf <= hi)
+        if in_bin.any():
+            ece += abs(conf[in_bin].mean() - correct[in_bin].mean()) * in_bin.mean()
+    return ece
+
+
+NP_GRID = np.array([float(f"{k // 10}.{k % 10}") for k in range(1, 101)])  # "0.1", ..., "10.0" parsed
+
+
+def np_ece_grid_temperature(logits: np.ndarray, y: np.ndarray) -> float:
+    """Brute force: the ECE at every grid T; np.argmin returns the first of tied minima."""
+    return float(NP_GRID[np.argmin([np_ece(logits, y, t) for t in NP_GRID])])
+
+
+def ece_grid_fit(logits: np.ndarray, y: np.ndarray) -> float:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the grid never clamps or warns
+        scaler = TemperatureScaler(method="ece_grid").fit(torch.from_numpy(logits), torch.from_numpy(y))
+    assert isinstance(scaler.temperature, float)
+    return scaler.temperature
+
+
+def test_ece_grid_is_the_decimals_0_1_to_10():
+    assert len(ceexp.calibration.ECE_GRID) == 100
+    assert ceexp.calibration.ECE_GRID == tuple(NP_GRID.tolist())
+    assert ceexp.calibration.ECE_GRID[0] == 0.1 and ceexp.calibration.ECE_GRID[2] == 0.3
+    assert ceexp.calibration.ECE_GRID[-1] == 10.0
+
+
+def underconfident(seed: int = 0, n: int = 500, c: int = 5):
+    """Logits correlated with the true class, flattened 1.5x: the ECE-optimal T is below 1 (0.3 or 0.4)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, c, size=n)
+    logits = rng.normal(size=(n, c))
+    logits[np.arange(n), y] += 2.0
+    return logits / 1.5, y
+
+
+@pytest.mark.parametrize("fixture", [overconfident, underconfident])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ece_grid_matches_brute_force_numpy(fixture, seed):
+    logits, y = fixture(seed)
+    t = ece_grid_fit(logits, y)
+    assert t == np_ece_grid_temperature(logits, y)
+    assert 0.1 < t < 10.0  # an interior optimum: the ends of the grid are tested below
+    assert (t > 1.0) == (fixture is overconfident)
+    assert np_ece(logits, y, t) < np_ece(logits, y, 1.0)
+
+
+def test_ece_grid_reaches_the_last_grid_point_10():
+    # Two samples with logits (2, 0), labels 0 and 1: accuracy 1/2 and confidence sigmoid(2 / T) > 1/2, so the
+    # ECE = sigmoid(2 / T) - 1/2 falls as T grows: the largest grid T, 10.0, wins.
+    logits, y = np.array([[2.0, 0.0], [2.0, 0.0]]), np.array([0, 1])
+    assert ece_grid_fit(logits, y) == 10.0 == np_ece_grid_temperature(logits, y)
+
+
+def test_ece_grid_ties_go_to_the_first_grid_point():
+    # Every sample right with a margin of 40: for T <= 1.0, exp(-40 / T) < 2^-53 and softmax gives confidence
+    # exactly 1.0, so the ECE is exactly 0 at T = 0.1, ..., 1.0 (and a little beyond, depending on how softmax
+    # rounds), > 0 at larger T. The released code keeps a T only when its ECE is strictly lower, so the first
+    # of the tied T, 0.1, wins (not the last, 1.0 or more).
+    y = np.array([0, 1, 1, 0])
+    logits = 40.0 * np.eye(2)[y]
+    eces = [np_ece(logits, y, t) for t in NP_GRID]
+    assert eces[:10] == [0.0] * 10 and eces[-1] > 0
+    assert ece_grid_fit(logits, y) == 0.1 == np_ece_grid_temperature(logits, y)
+    # constant rows: the ECE does not depend on T at all, so again the first grid point
+    assert ece_grid_fit(np.zeros((3, 4)), np.array([0, 1, 2])) == 0.1
+
+
+def test_ece_grid_uses_n_bins():
+    logits, y = overconfident(seed=4)
+    ts = {n: TemperatureScaler(method="ece_grid", n_bins=n).fit(torch.from_numpy(logits), torch.from_numpy(y))
+          .temperature for n in (1, 15)}
+    # one bin: |accuracy - mean confidence|, least where the mean confidence is nearest the accuracy
+    one_bin = NP_GRID[np.argmin([np_ece(logits, y, t, n_bins=1) for t in NP_GRID])]
+    assert ts[1] == one_bin and ts[15] == np_ece_grid_temperature(logits, y)
+
+
+def test_ece_grid_float32_logits_and_scaling():
+    logits, y = overconfident(seed=5)
+    z32 = torch.from_numpy(logits).float()
+    scaler = TemperatureScaler(method="ece_grid").fit(z32, torch.from_numpy(y))
+    assert scaler.temperature in ceexp.calibration.ECE_GRID
+    assert scaler.temperature == np_ece_grid_temperature(z32.double().numpy(), y)
+    assert torch.equal(scaler(z32), z32 / scaler.temperature)
+    assert "method='ece_grid'" in repr(scaler)
+
+
+def test_bad_method_and_n_bins_raise():
+    with pytest.raises(ValueError, match="`method` to be one of \\['nll', 'ece_grid'\\], but got 'ece'"):
+        TemperatureScaler(method="ece")
+    with pytest.raises(ValueError, match="`n_bins`"):
+        TemperatureScaler(method="ece_grid", n_bins=0)

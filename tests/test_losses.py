@@ -314,6 +314,22 @@ def test_flsd_gradient_is_focal_with_gamma_held_fixed():
     assert_close(logits.grad, ref_logits.grad, rtol=1e-10, atol=1e-13)
 
 
+def test_flsd_threshold_is_strict_at_exactly_0_2():
+    # Mukhoti et al.'s released FocalLossAdaptive picks gamma 5 only where p_y < 0.2 (strictly), gamma 3 at
+    # p_y = 0.2 exactly. Five equal logits give p_y = exp(-log 5), which is the double 0.2 itself; a logit
+    # 1e-3 lower / higher on the true class moves p_y just below / above it.
+    z = np.array([[0.0] * 5, [-1e-3, 0.0, 0.0, 0.0, 0.0], [1e-3, 0.0, 0.0, 0.0, 0.0]])
+    y = np.zeros(3, dtype=np.int64)
+    p = np.exp(np_log_softmax(z)[:, 0])
+    assert p[0] == 0.2 and p[1] < 0.2 < p[2]
+    # by hand: -(1 - p)^gamma log p with gamma 3, 5, 3
+    expected = -(1 - p) ** np.array([3.0, 5.0, 3.0]) * np.log(p)
+    assert expected[0] == pytest.approx(0.8**3 * math.log(5), rel=1e-14)
+    logits, target = as_torch(z, y)
+    got = SampleDependentFocalLoss(reduction="none")(logits, target).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-13, atol=0)
+
+
 def test_flsd_custom_gammas_and_threshold():
     z, y = flsd_batch()
     logits, target = as_torch(z, y)

@@ -2,7 +2,8 @@
 
 Every expected number comes from a hand computation (derived in a comment), from the float64 numpy
 reference implementations below (plain loops, written from the papers' formulas, sharing no code with
-ceexp), or from torchmetrics.
+ceexp), or from another library: torchmetrics, relplot (smECE, by its authors), uncertainty-calibration
+(``calibration``, the debiased ECE, by its authors) and statsmodels (Wilson intervals).
 """
 from __future__ import annotations
 
@@ -10,25 +11,34 @@ import doctest
 import math
 import warnings
 
+import calibration
 import numpy as np
 import pytest
+import relplot
 import torch
+from statsmodels.stats.proportion import proportion_confint
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 import ceexp.metrics as M
 from ceexp.metrics import (
+    METRIC_FUNCTIONS,
     AdaptiveCalibrationError,
     BrierScore,
     CalibrationError,
     ClasswiseCalibrationError,
+    DebiasedCalibrationError,
+    SmoothCalibrationError,
     adaptive_calibration_error,
     brier_score,
     classwise_calibration_error,
+    debiased_ece,
     expected_calibration_error,
     mean_confidence,
     nats_to_bits,
     negative_log_likelihood,
     reliability_bins,
+    signed_ece,
+    smooth_ece,
 )
 
 # ---------------------------------------------------------------------------------------------------------
@@ -70,6 +80,18 @@ def np_adaece(p, y, n_bins):
     for b, chunk in enumerate(np.array_split(np.argsort(conf, kind="stable"), n_bins)):
         bins[chunk] = b
     return sum(w * g for w, g in np_gaps(conf, correct, list(bins)))
+
+
+def np_adaece_ties(conf, correct, n_bins):
+    """AdaECE with the tie rule: array_split positions of the sorted values; every sample takes the chunk of the
+    first sorted position holding its value (found by searchsorted, not by a running maximum)."""
+    conf, correct = np.asarray(conf, dtype=np.float64), np.asarray(correct, dtype=np.float64)
+    ordered = np.sort(conf)
+    chunk_of_position = np.empty(len(conf), dtype=int)
+    for b, positions in enumerate(np.array_split(np.arange(len(conf)), n_bins)):
+        chunk_of_position[positions] = b
+    bins = [chunk_of_position[np.searchsorted(ordered, c, side="left")] for c in conf]
+    return sum(w * g for w, g in np_gaps(conf, correct, bins))
 
 
 def np_classwise(p, y, n_bins):
@@ -227,6 +249,290 @@ def test_float32_input_gives_float32_output(data):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# smECE, debiased ECE, signed ECE, AdaECE with ties, Wilson intervals, the registry
+
+
+def _probs(n, n_classes, temperature, seed, dtype=np.float64):
+    """Softmax of logits that favour the true class; temperature < 1 sharpens (over-confident), > 1 flattens."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, n_classes, size=n)
+    logits = rng.normal(size=(n, n_classes)) * 2.0
+    logits[np.arange(n), y] += 2.0
+    z = logits / temperature
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    return (p / p.sum(axis=1, keepdims=True)).astype(dtype), y
+
+
+def _calibrated_binary(n, seed):
+    """Two classes, P(y = 1) = p_1 exactly: a calibrated model, so smECE is small and its bandwidth below 0.01."""
+    rng = np.random.default_rng(seed)
+    p1 = rng.uniform(0.02, 0.98, size=n)
+    return np.stack([1 - p1, p1], axis=1), (rng.uniform(size=n) < p1).astype(np.int64)
+
+
+SMECE_CASES = {
+    "over-confident N=500 C=10": lambda: _probs(500, 10, 0.3, 1),
+    "under-confident N=37 C=10": lambda: _probs(37, 10, 3.0, 2),
+    "N=3000 C=5": lambda: _probs(3000, 5, 1.0, 3),
+    "calibrated binary N=30000": lambda: _calibrated_binary(30000, 4),
+    "one sample": lambda: _probs(1, 3, 1.0, 5),
+    "one-hot rows (confidence exactly 1)": lambda: (np.eye(4)[[0, 1, 2, 3, 0, 1]], np.array([0, 1, 2, 0, 1, 1])),
+}
+
+
+@pytest.mark.parametrize("case", list(SMECE_CASES))
+def test_smooth_ece_matches_relplot(case):
+    p, y = SMECE_CASES[case]()
+    f, correct = relplot.multiclass_logits_to_confidences(p, y, probs=True)  # top-label (confidence, 0/1)
+    want = relplot.smECE(f, correct)
+    got = smooth_ece(torch.from_numpy(p), torch.from_numpy(y))
+    assert got.dtype == torch.float64
+    assert got.item() == pytest.approx(want, abs=1e-9)
+
+
+def test_smooth_ece_bandwidth_below_one_percent_is_exercised():
+    # The calibrated case ends where the grid and the evaluation points grow with 1 / sigma: sigma* = 7/1024,
+    # a grid of round(20 / sigma) // 2 + 1 = 1464 points (even: the kernel's centre falls between two of them).
+    p, y = SMECE_CASES["calibrated binary N=30000"]()
+    _, sigma = relplot.smECE(*relplot.multiclass_logits_to_confidences(p, y, probs=True), return_width=True)
+    assert sigma < 0.01 and (max(2000, round(20 / sigma)) // 2 + 1) % 2 == 0
+
+
+def test_smooth_ece_float32_input():
+    p, y = _probs(400, 10, 0.5, 6, dtype=np.float32)
+    f, correct = relplot.multiclass_logits_to_confidences(p, y, probs=True)
+    want = relplot.smECE(f.astype(np.float64), correct)
+    got = smooth_ece(torch.from_numpy(p), torch.from_numpy(y))
+    assert got.dtype == torch.float32
+    assert got.item() == pytest.approx(want, abs=1e-6)
+
+
+def test_smooth_ece_hand_cases():
+    # Every prediction right at confidence 1, or a calibrated average at one confidence: no residual anywhere.
+    assert smooth_ece(torch.eye(3, dtype=torch.float64), torch.tensor([0, 1, 2])).item() == 0.0
+    three_of_four = torch.tensor([[0.75, 0.25]] * 4, dtype=torch.float64)
+    assert smooth_ece(three_of_four, torch.tensor([0, 0, 0, 1])).item() == pytest.approx(0.0, abs=1e-15)
+    # All wrong at 0.9: the residual is 0.9 wherever the density is, so smECE is 0.9 (less the density's 1e-4
+    # guard, relative to a density sum in the millions)
+    all_wrong = torch.tensor([[0.9, 0.1]] * 100, dtype=torch.float64)
+    assert smooth_ece(all_wrong, torch.ones(100, dtype=torch.int64)).item() == pytest.approx(0.9, abs=1e-5)
+
+
+DEBIASED_CASES = {
+    "over-confident N=500 C=10": lambda: _probs(500, 10, 0.3, 11),
+    "under-confident N=61 C=10": lambda: _probs(61, 10, 3.0, 12),
+    "N=2003 C=5": lambda: _probs(2003, 5, 1.0, 13),
+    "calibrated binary N=1000": lambda: _calibrated_binary(1000, 14),
+}
+
+
+@pytest.mark.parametrize("case", list(DEBIASED_CASES))
+def test_debiased_ece_matches_calibration_package(case):
+    p, y = DEBIASED_CASES[case]()
+    assert not calibration.utils.is_discrete(p)  # the package's equal-mass (scaling) path, not per-value bins
+    want = calibration.get_calibration_error(p, y, p=2, debias=True, mode="top-label")
+    assert debiased_ece(torch.from_numpy(p), torch.from_numpy(y)).item() == pytest.approx(want, abs=1e-12)
+    for n_bins in (1, 7, 40):
+        want = calibration.lower_bound_scaling_ce(p, y, p=2, debias=True, num_bins=n_bins, mode="top-label")
+        got = debiased_ece(torch.from_numpy(p), torch.from_numpy(y), n_bins).item()
+        assert got == pytest.approx(want, abs=1e-12), n_bins
+
+
+def test_debiased_ece_hand_cases():
+    # One bin of four at 0.9, accuracy 1/2: sqrt(0.4^2 - (1/2)(1/2)/3) = sqrt(0.16 - 0.083333) = sqrt(0.076667).
+    target = torch.tensor([0, 0, 1, 1])
+    got = debiased_ece(torch.tensor([[0.9, 0.1]] * 4, dtype=torch.float64), target, n_bins=1)
+    assert got.item() == pytest.approx(math.sqrt(0.16 - 0.25 / 3), abs=1e-12)
+    # At 0.75 the correction exceeds the plug-in square (0.0625 < 0.083333): clamped to 0.
+    assert debiased_ece(torch.tensor([[0.75, 0.25]] * 4, dtype=torch.float64), target, n_bins=1).item() == 0.0
+    # N=3, 2 bins: array_split sizes 2, 1. Sorted 0.6 (wrong), 0.8 (wrong) | 0.9 (right).
+    # Bin 1: conf 0.7, acc 0: 0.49 - 0 / 1 = 0.49, weight 2/3. Bin 2 holds one sample: 0, but N stays 3.
+    # sqrt(0.49 * 2/3) = sqrt(0.326667) = 0.571548  (dropping the single sample's weight would give 0.7).
+    probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]], dtype=torch.float64)
+    got = debiased_ece(probs, torch.tensor([0, 0, 1]), n_bins=2)
+    assert got.item() == pytest.approx(math.sqrt(0.49 * 2 / 3), abs=1e-12)
+
+
+def _tied(n, seed, grid=20):
+    """Top-label confidences on a grid of 1/grid (heavy ties), right with probability 0.35 + 1.6 (conf - 0.5):
+    over-confident below 0.75 and under-confident above, so that the gaps of neighbouring bins differ in sign."""
+    rng = np.random.default_rng(seed)
+    conf = rng.integers(grid // 2 + 1, grid + 1, size=n) / grid
+    p = np.stack([conf, 1 - conf], axis=1)
+    y = np.where(rng.uniform(size=n) < np.clip(0.35 + 1.6 * (conf - 0.5), 0, 1), 0, 1)
+    return p, y
+
+
+def test_adaptive_ties_are_never_split_hand_case():
+    # The issue's example: four rows at 0.6, two right; whatever the order, one bin: |0.5 - 0.6| = 0.1.
+    tied = torch.tensor([[0.6, 0.4]] * 4, dtype=torch.float64)
+    for target in ([0, 0, 1, 1], [0, 1, 0, 1], [1, 1, 0, 0]):
+        assert adaptive_calibration_error(tied, torch.tensor(target), n_bins=2).item() == pytest.approx(0.1, abs=1e-12)
+    # Sorted 0.5 (wrong), 0.6 (right), 0.6 (right), 0.6 (wrong), 0.9 (right), 0.9 (right); 3 bins of 2 by
+    # position. The 0.6 block starts at position 1 (chunk 0), so chunk 0 = {0.5, 0.6 x 3}: conf 2.3/4 = 0.575,
+    # acc 2/4, gap 0.075, weight 4/6; chunk 1 is empty; chunk 2 = {0.9, 0.9}: gap 0.1, weight 2/6.
+    # AdaECE = 0.05 + 0.1/3 = 0.083333.  (Block to the chunk of its last member: 0.5/6 + 0.0667/2 + 0.1/3 = 0.15.)
+    probs = torch.tensor([[0.6, 0.4], [0.9, 0.1], [0.5, 0.5], [0.6, 0.4], [0.1, 0.9], [0.4, 0.6]], dtype=torch.float64)
+    target = torch.tensor([0, 0, 1, 1, 1, 1])  # rows: 0.6 right, 0.9 right, 0.5 wrong, 0.6 wrong, 0.9 right, 0.6 right
+    assert adaptive_calibration_error(probs, target, n_bins=3).item() == pytest.approx(0.05 + 0.1 / 3, abs=1e-12)
+
+
+@pytest.mark.parametrize("n_bins", [2, 7, 15])
+def test_adaptive_with_ties_matches_numpy_and_ignores_order(n_bins):
+    p, y = _tied(203, seed=n_bins)
+    conf, correct = p.max(axis=1), p.argmax(axis=1) == y
+    want = np_adaece_ties(conf, correct, n_bins)
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        perm = rng.permutation(len(y))
+        got = adaptive_calibration_error(torch.from_numpy(p[perm]), torch.from_numpy(y[perm]), n_bins)
+        assert got.item() == pytest.approx(want, abs=1e-12)
+    # the old rule (stable sort, array_split cut through the tie blocks) depends on the order here: within
+    # each tie block, wrong predictions first, then right ones first
+    wrong_first, right_first = np.lexsort((correct, conf)), np.lexsort((~correct, conf))
+    assert np_adaece(p[wrong_first], y[wrong_first], n_bins) != pytest.approx(
+        np_adaece(p[right_first], y[right_first], n_bins), abs=1e-6)
+    for order in (wrong_first, right_first):
+        got = adaptive_calibration_error(torch.from_numpy(p[order]), torch.from_numpy(y[order]), n_bins)
+        assert got.item() == pytest.approx(want, abs=1e-12)
+
+
+@pytest.mark.parametrize("n_bins", [3, 15])
+def test_debiased_ece_ties_bin_like_kumar_et_al(n_bins):
+    # calibration.get_equal_bins puts edges half-way between chunks, and a value on an edge joins the bin below:
+    # a tie block goes whole to the chunk of its first member, the rule ceexp uses for every equal-mass bin
+    p, y = _tied(301, seed=20 + n_bins)
+    want = calibration.lower_bound_scaling_ce(p, y, p=2, debias=True, num_bins=n_bins, mode="top-label")
+    assert want > 0.05
+    perm = np.random.default_rng(1).permutation(len(y))
+    got = debiased_ece(torch.from_numpy(p[perm]), torch.from_numpy(y[perm]), n_bins)
+    assert got.item() == pytest.approx(want, abs=1e-12)
+
+
+# Seven predictions in 4 bins of width 0.25 (7 is not a multiple of 4); C=4 so that 0.4 can be a row maximum.
+SIGNED_PROBS = torch.tensor([
+    [0.4, 0.3, 0.2, 0.1],    # 0.4  right  (0.25, 0.5]
+    [0.5, 0.3, 0.1, 0.1],    # 0.5  right  (0.25, 0.5]: conf 0.45, acc 1: -0.55 (under-confident), weight 2/7
+    [0.6, 0.2, 0.1, 0.1],    # 0.6  wrong  (0.5, 0.75]
+    [0.7, 0.1, 0.1, 0.1],    # 0.7  right  (0.5, 0.75]
+    [0.75, 0.25, 0.0, 0.0],  # 0.75 wrong  (0.5, 0.75] (on the edge): conf 2.05/3, acc 1/3: +0.35, weight 3/7
+    [0.8, 0.2, 0.0, 0.0],    # 0.8  right  (0.75, 1]
+    [1.0, 0.0, 0.0, 0.0],    # 1.0  wrong  (0.75, 1]: conf 0.9, acc 0.5: +0.4 (over-confident), weight 2/7
+], dtype=torch.float64)
+SIGNED_TARGET = torch.tensor([0, 0, 1, 0, 1, 0, 1])
+
+
+def test_signed_ece_hand_case():
+    # (2 * -0.55 + 3 * 0.35 + 2 * 0.4) / 7 = 0.75 / 7 = 0.107143; ECE (absolute) = (1.1 + 1.05 + 0.8) / 7.
+    assert signed_ece(SIGNED_PROBS, SIGNED_TARGET, n_bins=4).item() == pytest.approx(0.75 / 7, abs=1e-12)
+    assert expected_calibration_error(SIGNED_PROBS, SIGNED_TARGET, 4).item() == pytest.approx(2.95 / 7, abs=1e-12)
+    # Right and wrong swapped on the two under/over-confident extremes: 0.4, 0.5 wrong, 1.0 right.
+    # Bin 1: 0.45 - 0 = +0.45; bin 3: 0.9 - 1 = -0.1: (0.9 + 1.05 - 0.2) / 7 = 1.75 / 7.
+    flipped = torch.tensor([1, 1, 1, 0, 1, 0, 0])
+    assert signed_ece(SIGNED_PROBS, flipped, n_bins=4).item() == pytest.approx(1.75 / 7, abs=1e-12)
+    # an under-confident model is negative: confidence 0.6, always right
+    under = torch.tensor([[0.6, 0.4]] * 5, dtype=torch.float64)
+    assert signed_ece(under, torch.zeros(5, dtype=torch.int64)).item() == pytest.approx(-0.4, abs=1e-12)
+
+
+def test_signed_ece_is_confidence_minus_accuracy_for_any_bins(data):
+    # sum_b (n_b / N)(conf_b - acc_b) telescopes: the bins cancel
+    probs, target, p, y = data
+    want = p.max(axis=1).mean() - (p.argmax(axis=1) == y).mean()
+    for n_bins in (1, 4, 15, 37):
+        assert signed_ece(probs, target, n_bins).item() == pytest.approx(want, abs=1e-12)
+    assert abs(signed_ece(probs, target).item()) <= expected_calibration_error(probs, target).item()
+
+
+Z95 = 1.959963984540054  # the 0.975 quantile of the standard normal
+
+
+def test_wilson_interval_hand_cases():
+    # n = 1: p = 1 gives [1 / (1 + z^2), 1]; p = 0 gives [0, z^2 / (1 + z^2)].
+    # n = 4, k = 2 (p = 1/2): centre 1/2, half-width z sqrt(1/16 + z^2/64) / (1 + z^2/4).
+    probs = torch.tensor([[0.1, 0.9], [0.0, 1.0], [0.65, 0.35], [0.65, 0.35], [0.65, 0.35], [0.65, 0.35]],
+                         dtype=torch.float64)
+    bins = reliability_bins(probs, torch.tensor([1, 0, 0, 0, 1, 1]), n_bins=3)
+    # bins (0, 1/3], (1/3, 2/3], (2/3, 1]: the 0.9 (right) and 1.0 (wrong) share the last bin
+    assert bins.count.tolist() == [0, 4, 2]
+    half = Z95 * math.sqrt(1 / 16 + Z95**2 / 64) / (1 + Z95**2 / 4)
+    assert bins.acc_low[1].item() == pytest.approx(0.5 - half, abs=1e-12)
+    assert bins.acc_high[1].item() == pytest.approx(0.5 + half, abs=1e-12)
+    assert math.isnan(bins.acc_low[0].item()) and math.isnan(bins.acc_high[0].item())
+    single = reliability_bins(torch.tensor([[0.3, 0.7]], dtype=torch.float64), torch.tensor([1]), n_bins=1)
+    assert single.acc_low.item() == pytest.approx(1 / (1 + Z95**2), abs=1e-12) and single.acc_high.item() == 1.0
+    single = reliability_bins(torch.tensor([[0.3, 0.7]], dtype=torch.float64), torch.tensor([0]), n_bins=1)
+    assert single.acc_low.item() == 0.0 and single.acc_high.item() == pytest.approx(Z95**2 / (1 + Z95**2), abs=1e-12)
+
+
+@pytest.mark.parametrize("right", [0, 1])
+def test_wilson_interval_holds_the_accuracy_exactly_when_all_or_none_are_right(right):
+    # n samples in one bin, all right (or all wrong), n = 1 .. 60: the bound on the accuracy's side is exactly
+    # the accuracy (rounding must not put it at 1 - 1e-16, which a plot would draw as a negative error bar)
+    for n in range(1, 61):
+        probs = torch.tensor([[0.7, 0.3]] * n, dtype=torch.float64)
+        bins = reliability_bins(probs, torch.full((n,), 1 - right), n_bins=1)
+        low, high = proportion_confint(right * n, n, alpha=0.05, method="wilson")
+        if right:
+            assert bins.acc_high.item() == 1.0 and bins.acc_low.item() == pytest.approx(low, abs=1e-12)
+        else:
+            assert bins.acc_low.item() == 0.0 and bins.acc_high.item() == pytest.approx(high, abs=1e-12)
+
+
+def test_wilson_interval_matches_statsmodels(data):
+    probs, target, _, _ = data
+    bins = reliability_bins(probs, target, n_bins=15)
+    filled = bins.count > 0
+    hits = np.rint((bins.accuracy * bins.count)[filled].numpy())
+    low, high = proportion_confint(hits, bins.count[filled].numpy(), alpha=0.05, method="wilson")
+    assert bins.acc_low[filled].numpy() == pytest.approx(low, abs=1e-12)
+    assert bins.acc_high[filled].numpy() == pytest.approx(high, abs=1e-12)
+    assert torch.isnan(bins.acc_low[~filled]).all() and torch.isnan(bins.acc_high[~filled]).all()
+    acc = bins.accuracy[filled]
+    assert (bins.acc_low[filled] <= acc).all() and (acc <= bins.acc_high[filled]).all()
+    # still a NamedTuple whose first four fields are the old ones
+    edges, confidence, accuracy, count, *_ = bins
+    assert edges is bins.edges and count is bins.count
+
+
+def test_metric_functions_registry(data):
+    probs, target, p, y = data
+    assert set(METRIC_FUNCTIONS) == {"acc", "adaece", "brier", "confidence", "cwece", "ece", "ece_debiased",
+                                     "ece_signed", "mce", "smece"}
+    want = {
+        "acc": (p.argmax(axis=1) == y).mean(),
+        "adaece": np_adaece(p, y, 10),
+        "brier": np_brier(p, y),
+        "confidence": p.max(axis=1).mean(),
+        "cwece": np_classwise(p, y, 10),
+        "ece": np_ece(p, y, 10),
+        "ece_debiased": calibration.lower_bound_scaling_ce(p, y, p=2, debias=True, num_bins=10, mode="top-label"),
+        "ece_signed": p.max(axis=1).mean() - (p.argmax(axis=1) == y).mean(),
+        "mce": np_ece(p, y, 10, "max"),
+        "smece": relplot.smECE(*relplot.multiclass_logits_to_confidences(p, y, probs=True)),
+    }
+    for name, fn in METRIC_FUNCTIONS.items():
+        got = fn(probs, target, 10)  # n_bins positionally, for every entry
+        assert got.shape == () and got.dtype == torch.float64, name
+        assert got.item() == pytest.approx(want[name], abs=1e-9), name
+
+
+def test_eval_metrics_logs_the_new_estimators(data):
+    from ceexp.module import EvalMetrics
+
+    probs, target, _, _ = data
+    logits = probs.log().float()  # softmax(log p) = p, up to float32
+    metrics = EvalMetrics(num_classes=5, n_bins=15)
+    for chunk in torch.split(torch.arange(500), [200, 300]):
+        metrics.update(logits[chunk], target[chunk])
+    values = metrics.compute()
+    assert set(values) == set(METRIC_FUNCTIONS) | {"nll", "nll_bits"}
+    softmax = logits.softmax(dim=1).double()
+    for name, fn in METRIC_FUNCTIONS.items():
+        assert values[name] == pytest.approx(fn(softmax, target, 15).item(), abs=1e-6), name
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Metric classes
 
 
@@ -238,6 +544,8 @@ def _metrics():
         "adaece": (AdaptiveCalibrationError(n_bins=15), lambda p, t: adaptive_calibration_error(p, t, 15)),
         "cwece": (ClasswiseCalibrationError(5, n_bins=15), lambda p, t: classwise_calibration_error(p, t, 15)),
         "brier": (BrierScore(), brier_score),
+        "smece": (SmoothCalibrationError(), smooth_ece),
+        "ece_debiased": (DebiasedCalibrationError(n_bins=10), lambda p, t: debiased_ece(p, t, 10)),
     }
 
 
@@ -303,6 +611,33 @@ def test_metric_reliability_bins_equal_functional(data):
             assert got.accuracy[b].item() == pytest.approx(correct[bins == b].mean(), abs=1e-12)
 
 
+def test_metric_reliability_bins_intervals_equal_functional(data):
+    probs, target, _, _ = data
+    metric = CalibrationError(n_bins=15)
+    metric.update(probs[:123], target[:123])
+    metric.update(probs[123:], target[123:])
+    got, want = metric.reliability_bins(), reliability_bins(probs, target, 15)
+    for a, b in ((got.acc_low, want.acc_low), (got.acc_high, want.acc_high)):
+        assert torch.equal(a.isnan(), b.isnan()) and torch.allclose(a.nan_to_num(), b.nan_to_num(), atol=1e-12)
+
+
+def test_summaries_equal_functionals(data):
+    probs, target, _, _ = data
+    ece = CalibrationError(n_bins=15)
+    first, second = AdaptiveCalibrationError(n_bins=15), AdaptiveCalibrationError(n_bins=15)
+    ece.update(probs, target)
+    first.update(probs[:200], target[:200])
+    second.update(probs[200:], target[200:])
+    first.merge_state(second)  # what a DDP gather of the list states gives
+    assert ece.summary()["ece_signed"].item() == pytest.approx(signed_ece(probs, target).item(), abs=1e-12)
+    summary = first.summary()
+    assert set(summary) == {"adaece", "ece_debiased", "smece"}
+    assert summary["adaece"].item() == pytest.approx(adaptive_calibration_error(probs, target).item(), abs=1e-12)
+    assert summary["ece_debiased"].item() == pytest.approx(debiased_ece(probs, target).item(), abs=1e-12)
+    assert summary["smece"].item() == pytest.approx(smooth_ece(probs, target).item(), abs=1e-12)
+    assert all(torch.isnan(v) for v in AdaptiveCalibrationError().summary().values())
+
+
 @pytest.mark.parametrize("name", list(_metrics()))
 def test_metric_before_update_is_nan(name):
     metric, _ = _metrics()[name]
@@ -331,6 +666,10 @@ FUNCTIONS = {
     "cwece": classwise_calibration_error,
     "brier": brier_score,
     "reliability": reliability_bins,
+    "smece": smooth_ece,
+    "ece_debiased": debiased_ece,
+    "ece_signed": signed_ece,
+    **{f"registry_{name}": fn for name, fn in METRIC_FUNCTIONS.items()},
 }
 
 
@@ -354,7 +693,7 @@ def test_bad_tensors_raise(fn, probs, target, match):
         FUNCTIONS[fn](probs, target)
 
 
-@pytest.mark.parametrize("fn", ["ece", "adaece", "cwece", "reliability"])
+@pytest.mark.parametrize("fn", ["ece", "adaece", "cwece", "reliability", "ece_debiased", "ece_signed"])
 @pytest.mark.parametrize("n_bins", [0, -3, 2.0, True, "15"])
 def test_bad_n_bins_raises(fn, n_bins):
     with pytest.raises(ValueError, match="Expected argument `n_bins` to be a positive integer"):
@@ -377,11 +716,14 @@ def test_metric_classes_validate():
         CalibrationError(n_bins=0)
     with pytest.raises(ValueError, match="`n_bins`"):
         AdaptiveCalibrationError(n_bins=0)
+    with pytest.raises(ValueError, match="Expected argument `n_bins` to be a positive integer, but got 0"):
+        DebiasedCalibrationError(n_bins=0)
     with pytest.raises(ValueError, match="`num_classes`"):
         ClasswiseCalibrationError(num_classes=0)
     with pytest.raises(ValueError, match="`num_classes`"):
         ClasswiseCalibrationError(num_classes=3).update(GOOD_P, GOOD_T)
-    for metric in (CalibrationError(), AdaptiveCalibrationError(), ClasswiseCalibrationError(2), BrierScore()):
+    for metric in (CalibrationError(), AdaptiveCalibrationError(), ClasswiseCalibrationError(2), BrierScore(),
+                   SmoothCalibrationError(), DebiasedCalibrationError()):
         with pytest.raises(ValueError, match="`probs`.*sum to 1"):
             metric.update(torch.tensor([[0.7, 0.2], [0.4, 0.6]]), GOOD_T)
         with pytest.raises(ValueError, match="`target`"):

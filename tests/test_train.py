@@ -176,3 +176,132 @@ def test_cli_bad_value_one_line_exit_2(tmp_path):
     proc = _cli("loss=focal", "loss.gamma=-1", cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == ["error: loss.gamma=-1 is invalid: expected a number >= 0"]
+
+
+def _softmax64(z: np.ndarray) -> np.ndarray:
+    z = z.astype(np.float64) - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_predictions_file_recomputes_the_run(focal_run):
+    """predictions.npz holds the validation and test logits of the tested model: float32 / int64, the labels
+    of the split, the temperature of metrics.json; accuracy and NLL recomputed from it in float64 match."""
+    from ceexp.data import DigitsDataModule
+
+    metrics, run_dir = focal_run
+    with np.load(run_dir / "predictions.npz") as f:
+        p = {k: f[k] for k in f.files}
+    assert p["val_logits"].dtype == np.float32 and p["test_logits"].dtype == np.float32
+    assert p["val_labels"].dtype == np.int64 and p["test_labels"].dtype == np.int64
+    dm = DigitsDataModule()
+    dm.setup()
+    assert (p["val_labels"] == dm.y_val.numpy()).all() and (p["test_labels"] == dm.y_test.numpy()).all()
+    assert p["val_logits"].shape == (len(dm.y_val), 10) and p["test_logits"].shape == (len(dm.y_test), 10)
+    y = p["test_labels"]
+    probs = _softmax64(p["test_logits"])
+    assert metrics["test/acc"] == pytest.approx(np.mean(probs.argmax(1) == y), abs=1e-6)
+    assert metrics["test/nll"] == pytest.approx(-np.log(probs[np.arange(len(y)), y]).mean(), rel=1e-5)
+    assert float(p["temperature"]) == pytest.approx(metrics["test/temperature"], rel=1e-6)
+    probs_ts = _softmax64(p["test_logits"].astype(np.float64) / float(p["temperature"]))
+    assert metrics["test/nll_ts"] == pytest.approx(-np.log(probs_ts[np.arange(len(y)), y]).mean(), rel=1e-5)
+    # the temperature was fitted on these validation logits: the NLL is stationary in T there
+    v, yv = p["val_logits"].astype(np.float64), p["val_labels"]
+
+    def val_nll(t):
+        q = _softmax64(v / t)
+        return -np.log(q[np.arange(len(yv)), yv]).mean()
+
+    t = float(p["temperature"])
+    assert val_nll(t) <= min(val_nll(t * 1.02), val_nll(t / 1.02))
+    assert metrics["test/epoch"] == 2.0  # checkpoint=last: the weights after both epochs
+
+
+def test_save_predictions_false_writes_none(fast_cfg):
+    cfg = fast_cfg("trainer.max_epochs=1", "save_predictions=false")
+    train(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    assert (run_dir / "metrics.json").is_file() and not (run_dir / "predictions.npz").exists()
+
+
+def test_hparams_columns_start_with_what_the_command_line_set(focal_run):
+    """TensorBoard shows the first few HParams columns: the overridden keys, then loss and its settings."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    from tests.conftest import FAST
+
+    _, run_dir = focal_run
+    content = read_events(run_dir).PluginTagToContent("hparams")
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    names = [h.name for h in experiment.hparam_infos]
+    typed = [o.split("=")[0] for o in [*FAST, "loss=focal", "loss.gamma=3"] if not o.endswith("=null")]
+    assert names[:len(typed)] == typed
+    rest = names[len(typed):]
+    assert rest.index("loss.alpha") < rest.index("seed") < rest.index("model") < rest.index("data")
+    assert rest.index("data") < rest.index("data.batch_size") < rest.index("optimizer")
+
+
+@pytest.mark.parametrize("policy, tag", [("best_val_nll", "val/nll"), ("best_val_ece", "val/ece")])
+def test_checkpoint_policy_tests_the_best_epoch(fast_cfg, policy, tag):
+    """checkpoint=best_val_*: the tested weights are those of the epoch with the lowest validation metric
+    (read back from the event file), test/epoch says which, and the saved test logits are that model's."""
+    from ceexp.data import DigitsDataModule
+    from ceexp.models import MLP
+
+    cfg = fast_cfg("trainer.max_epochs=5", "optimizer.lr=0.01", f"checkpoint={policy}")
+    metrics = train(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    curve = [e.value for e in read_events(run_dir).Scalars(tag)]
+    best_epoch = int(np.argmin(curve)) + 1
+    assert best_epoch < 5  # the case worth testing: the best epoch is not the last
+    assert metrics["test/epoch"] == best_epoch
+    ckpt = torch.load(run_dir / "checkpoints" / f"{policy}.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["epoch"] + 1 == best_epoch
+    dm = DigitsDataModule()
+    dm.setup()
+    model = MLP(dm.input_shape, dm.n_classes, cfg.model.hidden_sizes, cfg.model.dropout).eval()
+    model.load_state_dict({k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")})
+    with torch.no_grad():
+        z = model(dm.x_test).numpy()
+    with np.load(run_dir / "predictions.npz") as f:
+        np.testing.assert_allclose(f["test_logits"], z, rtol=1e-5, atol=1e-5)
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["epoch"] == 4  # resume still continues from the end of training
+
+
+def _ece64(probs: np.ndarray, y: np.ndarray, n_bins: int = 15) -> float:
+    """ECE by its definition in float64: equal-width bins (lower, upper], 0 in the first bin."""
+    conf, correct = probs.max(1), probs.argmax(1) == y
+    b = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
+    return sum(abs(correct[b == k].sum() - conf[b == k].sum()) for k in range(n_bins)) / len(y)
+
+
+def test_temperature_fit_ece_grid_and_both_fits_reported(fast_cfg):
+    """temperature_fit=ece_grid: T is the grid value 0.1..10 with the lowest validation ECE (brute force here,
+    first minimum on ties); the NLL fit is reported beside it, and each fit's test ECE and NLL match numpy."""
+    cfg = fast_cfg("temperature_fit=ece_grid")
+    metrics = train(cfg)
+    with np.load(Path(cfg.paths.output_dir) / "predictions.npz") as f:
+        v, yv, z, y = (f[k].astype(np.float64) if "logits" in k else f[k]
+                       for k in ("val_logits", "val_labels", "test_logits", "test_labels"))
+    grid = [k / 10 for k in range(1, 101)]
+    eces = [_ece64(_softmax64(v / t), yv) for t in grid]
+    t_grid = grid[int(np.argmin(eces))]
+    assert metrics["test/temperature_ece_grid"] == pytest.approx(t_grid)
+    assert metrics["test/temperature"] == pytest.approx(t_grid)  # the chosen fit drives the *_ts tags
+    t_nll = metrics["test/temperature_nll"]
+    assert t_nll != pytest.approx(t_grid, abs=1e-3)
+    for name, t in (("ece_grid", t_grid), ("nll", t_nll)):
+        p = _softmax64(z / t)
+        assert metrics[f"test/ece_ts_{name}"] == pytest.approx(_ece64(p, y), abs=1e-6)
+        assert metrics[f"test/nll_ts_{name}"] == pytest.approx(-np.log(p[np.arange(len(y)), y]).mean(), rel=1e-5)
+    assert metrics["test/ece_ts"] == pytest.approx(metrics["test/ece_ts_ece_grid"], abs=1e-5)
+
+
+def test_summed_objective_is_logged_per_sample(fast_cfg):
+    """loss.reduction=sum (the paper code's protocol): */loss is the objective per sample, so for
+    cross-entropy it equals */nll whatever the batch size."""
+    metrics = train(fast_cfg("loss.reduction=sum", "data.batch_size=50"))
+    for stage in ("val", "test"):
+        assert metrics[f"{stage}/loss"] == pytest.approx(metrics[f"{stage}/nll"], rel=1e-5)
+    assert metrics["train/loss_epoch"] == pytest.approx(metrics["train/nll"], rel=1e-5)
