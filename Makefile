@@ -40,6 +40,7 @@ bench: install
 	$(PY) benchmarks/bench_losses.py
 	$(PY) benchmarks/bench_launchers.py
 	$(PY) benchmarks/bench_cifar_epoch.py
+	$(PY) benchmarks/bench_bootstrap.py
 
 clean:
 	rm -rf outputs

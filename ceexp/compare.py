@@ -1,7 +1,7 @@
-"""Turn one or more sweeps (or folders of single runs) into a comparison table and figures.
+"""Turn one or more sweeps (or folders of single runs) into a comparison table, its statistics, and figures.
 
     python scripts/compare.py outputs/multirun/2026-01-01/12-00-00.000000
-    python scripts/compare.py SWEEP_A SWEEP_B --metrics acc ece ece_ts --by loss,loss.gamma
+    python scripts/compare.py SWEEP_A SWEEP_B --metrics acc ece ece_ts smece --by loss,loss.gamma --ref loss=ce
 
 Jobs. A job is any folder under the given folders that holds a ``.hydra/`` record (hidden folders are not
 searched, and nothing below a job is). Its settings are its command-line overrides (``.hydra/overrides.yaml``);
@@ -13,31 +13,46 @@ no readable ``metrics.json``) are listed with their error line, never dropped si
 
 Groups. Jobs are grouped by every overridden key except ``seed`` and ``resume`` whose value is not the same
 in all jobs (keys with one value for all jobs are printed once as common settings), or by the keys of
-``--by``. Each group's row gives, per metric, the mean and the sample standard deviation (ddof=1, pandas)
-over its completed runs, and n.
+``--by``. Within a group, a run is known by its values of the other varying keys (its seed): groups whose runs
+have the same seeds are compared seed by seed.
 
-Best value per column (bold, and ``*`` in the console). By the mean over the group's runs: the highest for
-accuracy (``acc``, ``acc_ts``); for the fitted temperature the one closest to 1 on a log scale (smallest
-``abs(log T)``: T = 2 and T = 1/2 are equally far from a model that needs no rescaling, which is what
-"best" can mean for T); none for mean confidence (neither direction is better); the lowest for every other
-metric (NLL, ECE, AdaECE, classwise ECE, Brier, MCE, loss, time). No test of significance is made: read
-the ± before reading the mark.
+Metrics. A run's value is its ``metrics.json`` value. A test (or validation) metric that ``ceexp.metrics``
+defines, with or without ``_ts`` (after temperature scaling), is recomputed from the run's ``predictions.npz``
+when ``metrics.json`` lacks it (``--metrics smece`` on a sweep that ran before smECE existed), with the run's
+own ``n_bins``. A metric that needs predictions some runs lack stops the comparison (the runs are listed).
 
-Reliability diagram per group. The runs do not store their test predictions, and recomputing them from
-``checkpoints/last.ckpt`` would rebuild data and model inside the comparison (slow for a large model, and
-wrong if the data has changed since). So the group's figure tiles the diagrams the runs drew themselves
+Statistics (:mod:`ceexp.stats`, :mod:`ceexp.bootstrap`). Each cell shows the mean over the group's completed
+runs ± their sample standard deviation (ddof=1) and the 95 % interval of the mean: a two-level percentile
+bootstrap (seeds, then test samples; 1,000 resamples) when the runs have predictions, else a t-interval over
+the seeds (and none for one run). The table of differences gives each group's difference to the reference group
+(``--ref``; default: the cross-entropy group, ``loss`` or ``loss_preset`` ``ce``, else the first), its
+interval (paired by seed and by test sample where the runs allow) and a Holm-adjusted p-value (t-tests over
+seeds; a permutation test over test samples for one run against one run). Marks: ``*`` (bold in markdown)
+``best``, when the best-mean group is significantly better than every other group after Holm's correction;
+otherwise ``≈`` on the best-mean group and every group not significantly different from it (``tied``).
+Directions: highest accuracy; temperature closest to 1 (smallest ``|log T|``); signed ECE closest to 0;
+none for mean confidence; lowest for every other metric.
+
+Published numbers. When the jobs' composed config has an ``expected:`` block (``source``, ``key``, ``values``:
+setting of ``key`` -> tag -> published value), a second table sets each matching group's mean and interval
+beside the published value.
+
+Reliability diagram per group. The group's figure tiles the diagrams the runs drew themselves
 (``reliability_diagram.png``: test split before and after temperature scaling), one tile per run,
 captioned by the settings that differ within the group (the seed): the variation across seeds stays visible.
 
 Written into the first folder given (after every check has passed; on bad input nothing is written):
-``comparison.md`` (the table, the jobs left out, the figures), ``comparison.csv`` (one row per group:
-``<tag>_mean``, ``<tag>_std``, ``<tag>_n`` per metric) and ``comparison/`` (replaced as a whole) with
-``val_nll.png`` (per group: mean line over the seeds, min-max band; x: epoch, counted from 1, read from
-the event files), ``ece_vs_acc.png`` (one point per run), ``ece_temperature_scaling.png`` (per group: mean
-test ECE before and after temperature scaling, each run's pair joined) and ``reliability_<i>_<group>.png``.
+``comparison.md`` (the tables, the jobs left out, the figures), ``comparison.csv`` (one row per group: per
+metric ``<tag>_mean``, ``_std``, ``_n``, ``_ci_low``, ``_ci_high``, ``_diff``, ``_diff_ci_low``,
+``_diff_ci_high``, ``_p``, ``_mark``) and ``comparison/`` (replaced as a whole) with ``intervals.png`` (each
+metric per group with its interval, the reference's mean as a line), ``val_nll.png`` (per group: mean line over
+the seeds, min-max band; x: epoch, counted from 1, read from the event files), ``ece_vs_acc.png`` (one point per
+run), ``ece_temperature_scaling.png`` (per group: mean test ECE before and after temperature scaling, each
+run's pair joined) and ``reliability_<i>_<group>.png``.
 
-Bad input (an empty or non-sweep folder, no completed job, an unknown metric, a ``--by`` key no job has)
-raises :class:`CompareError`; the command line prints it as one line and exits with code 2.
+Bad input (an empty or non-sweep folder, no completed job, an unknown metric, a ``--by`` key no job has, a
+``--ref`` that is no group, runs without the predictions a metric needs) raises :class:`CompareError`; the
+command line prints it as one line and exits with code 2.
 """
 from __future__ import annotations
 
@@ -62,6 +77,7 @@ __all__ = [
     "Job",
     "best_direction",
     "compare",
+    "default_reference",
     "find_jobs",
     "main",
     "read_curve",
@@ -183,6 +199,44 @@ class Job:
         except Exception:  # noqa: BLE001 - a missing or broken record: no value to fall back on
             return None
 
+    @property
+    def has_predictions(self) -> bool:
+        """Whether the run left a ``predictions.npz`` (read it with :meth:`predictions`)."""
+        from ceexp.runs import PREDICTIONS
+
+        return (self.path / PREDICTIONS).is_file()
+
+    def predictions(self) -> dict:
+        """The run's ``predictions.npz`` arrays (``ceexp.runs.read_predictions``).
+
+        Raises:
+            CompareError: the file is missing or unreadable (one line).
+        """
+        from ceexp.runs import read_predictions
+
+        try:
+            return read_predictions(self.path)
+        except (OSError, ValueError) as e:
+            raise CompareError(f"{self.name}: " + " ".join(str(e).split())) from e
+
+    @property
+    def n_bins(self) -> int:
+        """The run's ``n_bins`` (its config's; 15, the default, when it has none)."""
+        value = self.setting("n_bins")
+        try:
+            return int(float(value)) if value is not _ABSENT else 15
+        except (TypeError, ValueError):
+            return 15
+
+    def config_block(self, key: str) -> Any:
+        """The composed config's value of ``key`` as plain Python (dicts, lists), ``None`` when absent or null."""
+        if self._config is None:
+            return None
+        from omegaconf import OmegaConf
+
+        value = OmegaConf.select(self._config, key, default=None, throw_on_resolution_failure=False)
+        return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
     def setting(self, key: str) -> Any:
         """The job's value of ``key`` as a canonical string: its override, else its config group choice, else
         its composed config value; ``_ABSENT`` when the job has no such key (e.g. ``loss.gamma`` for ``loss=ce``)."""
@@ -269,14 +323,17 @@ def find_jobs(dirs: Sequence[str | Path]) -> list[Job]:
 
 
 def best_direction(tag: str) -> str | None:
-    """How the best mean of ``tag`` is chosen: ``"max"`` (accuracy), ``"one"`` (temperature: smallest
-    ``abs(log T)``), ``None`` (mean confidence, epoch: not marked), ``"min"`` (everything else)."""
+    """How the best group of ``tag`` is chosen (:func:`ceexp.stats.score`): ``"max"`` (accuracy), ``"one"``
+    (temperature: smallest ``abs(log T)``), ``"zero"`` (signed ECE: smallest ``abs``), ``None`` (mean
+    confidence, epoch: not marked), ``"min"`` (everything else)."""
     base = tag.rsplit("/", 1)[-1]
     base = base.removesuffix("_ts")
     if base == "acc":
         return "max"
     if base == "temperature":
         return "one"
+    if base == "ece_signed":
+        return "zero"
     if base in ("confidence", "epoch", "step"):
         return None
     return "min"
@@ -285,6 +342,11 @@ def best_direction(tag: str) -> str | None:
 def short_name(tag: str) -> str:
     """``test/ece`` -> ``ece``; other tags stay whole (``val/nll``)."""
     return tag.removeprefix("test/")
+
+
+def _tag(name: str) -> str:
+    """``ece`` -> ``test/ece``; a tag with a split stays as it is."""
+    return name if "/" in name else f"test/{name}"
 
 
 @dataclass
@@ -305,6 +367,26 @@ class Group:
 
 
 @dataclass
+class Published:
+    """One row of the published-numbers table: a group's observed mean of ``tag`` beside a published value."""
+
+    source: str
+    group: int
+    tag: str
+    published: float
+    mean: float
+    low: float
+    high: float
+
+    @property
+    def inside(self) -> bool | None:
+        """Whether the published value lies in the interval (None without an interval)."""
+        if not (math.isfinite(self.low) and math.isfinite(self.high)):
+            return None
+        return self.low <= self.published <= self.high
+
+
+@dataclass
 class Comparison:
     """The result of :func:`compare`: everything needed to print and write the report (nothing written yet).
 
@@ -318,7 +400,11 @@ class Comparison:
         groups: in order of first appearance.
         metrics: the tags in the table.
         table: pandas DataFrame, one row per group, columns ``(tag, "mean" | "std" | "n")``.
-        best: tag -> indices of the groups whose mean is best.
+        ref: index of the reference group of the differences.
+        analysis: the statistics (:class:`ceexp.stats.Analysis`) of ``metrics`` and of the published tags.
+        published: the rows of the published-numbers table (empty without an ``expected:`` block).
+        notes: what the figures left out.
+        footer: how the statistics were made, and their caveats (printed under the tables).
     """
 
     dirs: list[Path]
@@ -329,12 +415,24 @@ class Comparison:
     groups: list[Group]
     metrics: list[str]
     table: Any
-    best: dict[str, set[int]]
+    ref: int
+    analysis: Any
+    published: list[Published] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    footer: list[str] = field(default_factory=list)
 
     @property
     def not_completed(self) -> list[Job]:
         return [j for j in self.jobs if not j.completed]
+
+    @property
+    def marks(self) -> dict[str, list[str]]:
+        """tag -> per group ``"best"``, ``"tied"`` or ``""``."""
+        return {tag: self.analysis.tags[tag].mark for tag in self.metrics}
+
+    def stats(self, tag: str):
+        """The :class:`ceexp.stats.TagStats` of ``tag``."""
+        return self.analysis.tags[tag]
 
 
 def _split(items: Sequence[str] | None) -> list[str]:
@@ -348,10 +446,17 @@ def _split(items: Sequence[str] | None) -> list[str]:
     return out
 
 
-def _choose_metrics(completed: list[Job], names: Sequence[str] | None) -> list[str]:
+def _recorded(completed: list[Job]) -> list[str]:
     available: list[str] = []
     for job in completed:
         available += [t for t in job.numeric_tags() if t not in available]
+    return available
+
+
+def _choose_metrics(completed: list[Job], names: Sequence[str] | None) -> list[str]:
+    from ceexp.bootstrap import available_metrics, tag_metric
+
+    available = _recorded(completed)
     if not names:
         chosen = [t for t in DEFAULT_METRICS if t in available]
         if not chosen:
@@ -360,14 +465,29 @@ def _choose_metrics(completed: list[Job], names: Sequence[str] | None) -> list[s
         return chosen
     chosen = []
     for name in names:
-        tag = name if "/" in name else f"test/{name}"
-        if tag not in available:
+        tag = _tag(name)
+        if tag not in available and tag_metric(tag) is None:
             shorts = ", ".join(short_name(t) for t in available if t.startswith("test/"))
+            computed = ", ".join(m for m in available_metrics() if f"test/{m}" not in available)
             raise CompareError(f"--metrics {name} is not a known metric: expected a tag of the completed jobs' "
-                               f"metrics.json (e.g. val/nll) or a test metric's short name: {shorts}")
+                               f"metrics.json (e.g. val/nll) or a test metric's short name: {shorts}; or one "
+                               f"recomputed from predictions.npz: {computed} (each also with _ts)")
         if tag not in chosen:
             chosen.append(tag)
     return chosen
+
+
+def _check_predictions(completed: list[Job], tags: Sequence[str]) -> None:
+    """A tag that some runs lack in ``metrics.json`` is recomputed from their predictions: they must have them."""
+    from ceexp.bootstrap import tag_metric
+
+    for tag in tags:
+        if tag_metric(tag) is None:
+            continue
+        missing = [job.name for job in completed if tag not in job.record and not job.has_predictions]
+        if missing:
+            raise CompareError(f"--metrics {short_name(tag)} is not in the metrics.json of {len(missing)} runs and "
+                               f"they have no predictions.npz to recompute it from: {', '.join(missing)}")
 
 
 def _grouping_keys(
@@ -402,40 +522,100 @@ def _natural_value(value: str) -> tuple:
         return (1, 0.0, str(value))
 
 
-def _best(values, direction: str | None) -> set[int]:
-    import numpy as np
+def _is_cross_entropy(job: Job) -> bool:
+    preset = job.setting("loss_preset")
+    if preset not in (_ABSENT, "null"):
+        return preset == "ce"
+    return job.setting("loss") == "ce"
 
-    values = np.asarray(values, dtype=float)
-    if direction is None or not np.isfinite(values).any():
-        return set()
-    if direction == "one":
-        with np.errstate(divide="ignore", invalid="ignore"):
-            score = np.abs(np.log(values))
-        score[~np.isfinite(score)] = np.inf
-    else:
-        score = -values if direction == "max" else values.copy()
-        score[~np.isfinite(score)] = np.inf
-    if not np.isfinite(score).any():
-        return set()
-    return set(np.flatnonzero(score == score.min()).tolist())
+
+def default_reference(groups: Sequence[Group]) -> int:
+    """The default reference group: the first with completed runs that all trained with cross-entropy
+    (``loss_preset`` ``ce``, or ``loss`` ``ce`` without a preset), else the first with completed runs."""
+    live = [i for i, g in enumerate(groups) if g.completed]
+    for i in live:
+        if all(_is_cross_entropy(job) for job in groups[i].completed):
+            return i
+    return live[0]
+
+
+def _reference(groups: list[Group], keys: list[str], ref: str | None) -> int:
+    if ref is None:
+        return default_reference(groups)
+    for i, group in enumerate(groups):
+        if ref == group.label or (len(keys) == 1 and ref == group.settings[keys[0]]):
+            if not group.completed:
+                raise CompareError(f"--ref {ref} has no completed run: expected one of "
+                                   f"{', '.join(g.label for g in groups if g.completed)}")
+            return i
+    raise CompareError(f"--ref {ref} is not a group: expected one of {', '.join(g.label for g in groups)}")
+
+
+def _run_key(job: Job, inner: Sequence[str]) -> str:
+    """A run's identity within its group: its values of the keys that vary within groups (its seed)."""
+    parts = [f"{k}={v}" for k in inner if (v := job.setting(k)) is not _ABSENT]
+    return ", ".join(parts) if parts else job.name
+
+
+def _expected_blocks(groups: list[Group]) -> tuple[dict[int, tuple[str, dict]], list[str]]:
+    """Per group, ``(source, {tag: published})`` from its runs' ``expected:`` config block, and notes."""
+    out: dict[int, tuple[str, dict]] = {}
+    notes: list[str] = []
+    for i, group in enumerate(groups):
+        if not group.completed:
+            continue
+        job = group.completed[0]
+        block = job.config_block("expected")
+        if block is None:
+            continue
+        if not isinstance(block, dict) or not isinstance(block.get("values"), dict) or not block.get("key"):
+            notes.append(f"{job.name}: the expected: block is not {{source, key, values}}: published numbers skipped")
+            continue
+        setting = job.setting(str(block["key"]))
+        rows = {_canonical(k): v for k, v in block["values"].items()}
+        row = rows.get(setting) if setting is not _ABSENT else None
+        if isinstance(row, dict):
+            published = {}
+            for tag, value in row.items():
+                try:
+                    published[_tag(str(tag))] = float(value)
+                except (TypeError, ValueError):
+                    notes.append(f"expected: {tag} = {value!r} is not a number: skipped")
+            out[i] = (str(block.get("source") or "published"), published)
+    return out, notes
 
 
 def compare(
-    dirs: Sequence[str | Path], metrics: Sequence[str] | None = None, by: Sequence[str] | None = None
+    dirs: Sequence[str | Path],
+    metrics: Sequence[str] | None = None,
+    by: Sequence[str] | None = None,
+    ref: str | None = None,
+    n_resamples: int = 1000,
+    seed: int = 0,
 ) -> Comparison:
-    """Read the jobs under ``dirs``, group them and compute the table; nothing is written.
+    """Read the jobs under ``dirs``, group them and compute the table and its statistics; nothing is written.
 
     Args:
         dirs: sweep folders, folders of single runs, or job folders.
-        metrics: tags (``test/ece``, ``val/nll``) or short names of test tags (``ece``); comma-separated
+        metrics: tags (``test/ece``, ``val/nll``) or short names of test tags (``ece``, ``smece``); comma-separated
             items are split. Default: :data:`DEFAULT_METRICS` (those present).
         by: grouping keys (comma-separated items are split). Default: every varying override but ``seed``.
+        ref: the reference group of the differences, by label (``loss=ce``) or, with one grouping key, by value
+            (``ce``). Default: :func:`default_reference`.
+        n_resamples: bootstrap resamples.
+        seed: the bootstrap's seed.
 
     Raises:
-        CompareError: no job folder, no completed job, an unknown metric, a ``by`` key that no job has.
+        CompareError: no job folder, no completed job, an unknown metric, a ``by`` key that no job has, a ``ref``
+            that is no group, runs without the predictions a metric needs, unreadable predictions.
     """
     import pandas as pd
 
+    from ceexp import stats
+    from ceexp.bootstrap import LOOP_RESAMPLES, tag_metric
+
+    if isinstance(n_resamples, bool) or not isinstance(n_resamples, int) or n_resamples < 1:
+        raise CompareError(f"--resamples {n_resamples} is invalid: expected a positive integer")
     dirs = [Path(d) for d in dirs]
     jobs = find_jobs(dirs)
     completed = [j for j in jobs if j.completed]
@@ -451,17 +631,86 @@ def compare(
         settings = {k: (None if (v := job.setting(k)) is _ABSENT else v) for k in keys}
         groups.setdefault(tuple(settings.values()), Group(settings)).jobs.append(job)
     group_list = list(groups.values())
+    ref_index = _reference(group_list, keys, ref)
+    _check_predictions(completed, chosen)
 
-    rows = [{"group": i, **{t: job.metric(t) for t in chosen}} for i, g in enumerate(group_list) for job in g.completed]
-    frame = pd.DataFrame(rows, columns=["group", *chosen])
-    # pandas: std is the sample standard deviation (ddof=1); count leaves NaN out
-    table = frame.groupby("group")[chosen].agg(["mean", "std", "count"]).reindex(range(len(group_list)))
-    table = table.rename(columns={"count": "n"}, level=1)
-    for tag in chosen:
-        table[(tag, "n")] = table[(tag, "n")].fillna(0).astype(int)
-    best = {tag: _best(table[(tag, "mean")].to_numpy(), best_direction(tag)) for tag in chosen}
-    return Comparison(dirs=dirs, jobs=jobs, keys=keys, common=common, inner=inner, groups=group_list,
-                      metrics=chosen, table=table, best=best)
+    expected, expected_notes = _expected_blocks(group_list)
+    recorded = set(_recorded(completed))
+    # published tags outside --metrics are measured too, where they can be
+    extra = [t for _, (_, row) in sorted(expected.items()) for t in row
+             if t not in chosen and (t in recorded or tag_metric(t) is not None)]
+    tags = [*chosen, *dict.fromkeys(extra)]
+    runs = [[stats.Run(key=_run_key(job, list(inner)), values={t: job.metric(t) for t in tags},
+                       predictions=job.predictions if job.has_predictions else None, n_bins=job.n_bins,
+                       name=job.name) for job in g.completed] for g in group_list]
+    analysis = stats.analyse(runs, tags, ref_index, {t: best_direction(t) for t in tags},
+                             stats.Settings(n_resamples=n_resamples, seed=seed,
+                                            loop_resamples=min(n_resamples, LOOP_RESAMPLES)))
+
+    columns = pd.MultiIndex.from_tuples([(t, s) for t in chosen for s in ("mean", "std", "n")])
+    table = pd.DataFrame([[x for t in chosen for x in (analysis.tags[t].mean[i], analysis.tags[t].std[i],
+                                                         int(analysis.tags[t].n[i]))]
+                          for i in range(len(group_list))], columns=columns)
+    published = []
+    for i, (source, row) in sorted(expected.items()):
+        for tag, value in row.items():
+            st = analysis.tags.get(tag)
+            mean, low, high = (st.mean[i], st.ci_low[i], st.ci_high[i]) if st is not None else (math.nan,) * 3
+            published.append(Published(source, i, tag, value, float(mean), float(low), float(high)))
+    cmp = Comparison(dirs=dirs, jobs=jobs, keys=keys, common=common, inner=inner, groups=group_list,
+                     metrics=chosen, table=table, ref=ref_index, analysis=analysis, published=published)
+    cmp.footer = _footer(cmp) + expected_notes
+    return cmp
+
+
+def _footer(cmp: Comparison) -> list[str]:
+    """How the intervals, differences, p-values and marks were made; what could not be done."""
+    from ceexp.bootstrap import VECTORISED_METRICS, tag_metric
+
+    settings = cmp.analysis.settings
+    level = f"{100 * settings.level:g}%"
+    labels = [g.label for g in cmp.groups]
+    tags = [cmp.stats(t) for t in cmp.metrics]
+    lines = []
+    boot = [t.tag for t in tags if "bootstrap" in t.interval or "test samples" in t.interval]
+    if boot:
+        lines.append(f"intervals: {level} percentile bootstrap ({settings.n_resamples} resamples, seed "
+                     f"{settings.seed}), two levels: the seeds with replacement, then the test samples (runs on one "
+                     f"test split share each resample; differences are paired by seed and by test sample where the "
+                     f"runs allow)")
+    single = sorted({labels[i] for t in tags for i, how in enumerate(t.interval) if how == "test samples"})
+    if single:
+        lines.append(f"one run in {', '.join(single)}: the interval is the test-sample bootstrap alone "
+                     f"(seed-to-seed variation not included)")
+    by_t: dict[str, set[str]] = {}
+    for t in tags:
+        for i, how in enumerate(t.interval):
+            if how == "t":
+                reason = ("not computable from test predictions" if tag_metric(t.tag) is None
+                          else "no predictions.npz")
+                by_t.setdefault(f"{short_name(t.tag)} ({reason})", set()).add(labels[i])
+    for what, groups in by_t.items():
+        lines.append(f"{what}: seed-level statistics only, a t-interval over seeds (scipy.stats.t) in "
+                     f"{', '.join(sorted(groups))}")
+    looped = [short_name(t.tag) for t in tags if (m := tag_metric(t.tag)) is not None
+              and m[1] not in VECTORISED_METRICS]
+    if looped:
+        lines.append(f"{', '.join(looped)}: computed one resample at a time, {settings.loop_resamples} resamples")
+    tests: dict[str, set[str]] = {}
+    for t in tags:
+        for i, name in enumerate(t.test):
+            if i != cmp.ref and name:
+                tests.setdefault(name, set()).add(labels[i])
+    if tests:
+        lines.append(f"differences to {labels[cmp.ref]}; p two-sided, Holm-adjusted across groups per metric "
+                     f"(statsmodels): " + "; ".join(f"{name}: {', '.join(sorted(g))}" for name, g in tests.items()))
+    lines.append(f"marks: * best (better than every other group, Holm-adjusted p < {settings.alpha:g}); "
+                 f"≈ tied with the best mean (not significantly different)")
+    recomputed = [short_name(t.tag) for t in tags if tag_metric(t.tag) is not None
+                  and any(t.tag not in job.record for g in cmp.groups for job in g.completed)]
+    if recomputed:
+        lines.append(f"recomputed from predictions.npz (not in every run's metrics.json): {', '.join(recomputed)}")
+    return lines + list(cmp.analysis.notes)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -498,12 +747,27 @@ def read_curve(job_dir: str | Path, tag: str = CURVE_TAG):
 # ---------------------------------------------------------------------------------------------------------
 # output
 
+_MARK_SYMBOL = {"best": "*", "tied": "≈", "": ""}
+
 
 def _fmt(mean: float, std: float, n: int, n_group: int) -> str:
     if n == 0 or not math.isfinite(mean):
         return "–" if n == 0 else f"{mean}"
     text = f"{mean:.4f}" if n == 1 or not math.isfinite(std) else f"{mean:.4f} ± {std:.4f}"
     return text + (f" (n={n})" if n != n_group else "")
+
+
+def _interval(low: float, high: float, signed: bool = False) -> str:
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return ""
+    spec = "+.4f" if signed else ".4f"
+    return f"[{low:{spec}}, {high:{spec}}]"
+
+
+def _p_text(p: float) -> str:
+    if not math.isfinite(p):
+        return "p –"
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
 
 
 def _left_out(group: Group) -> str:
@@ -514,57 +778,126 @@ def _left_out(group: Group) -> str:
     return ", ".join(f"{n} {s}" for s, n in counts.items())
 
 
-def _rows(cmp: Comparison) -> list[tuple[list[str], list[tuple[str, bool]]]]:
-    """Per group: (key cells + n + left out, [(metric cell, is best)])."""
+def _key_cells(cmp: Comparison, i: int, group: Group, left_out: bool = True) -> list[str]:
+    keys = [group.settings[k] if group.settings[k] is not None else "" for k in cmp.keys] or [group.label]
+    n = [str(len(group.completed))]
+    return [*keys, *n, *([_left_out(group)] if cmp.not_completed and left_out else [])]
+
+
+def _rows(cmp: Comparison) -> list[tuple[list[str], list[tuple[str, str, str]]]]:
+    """Per group: (key cells + n + left out, [(mean ± std, interval, mark)] per metric)."""
     out = []
     for i, group in enumerate(cmp.groups):
         n = len(group.completed)
-        keys = [group.settings[k] if group.settings[k] is not None else "" for k in cmp.keys]
-        cells = [(_fmt(cmp.table.at[i, (t, "mean")], cmp.table.at[i, (t, "std")], int(cmp.table.at[i, (t, "n")]), n),
-                  i in cmp.best[t]) for t in cmp.metrics]
-        left_out = [_left_out(group)] if cmp.not_completed else []
-        out.append(([*keys, str(n), *left_out], cells))
+        cells = []
+        for tag in cmp.metrics:
+            st = cmp.stats(tag)
+            cells.append((_fmt(st.mean[i], st.std[i], int(st.n[i]), n), _interval(st.ci_low[i], st.ci_high[i]),
+                          st.mark[i]))
+        out.append((_key_cells(cmp, i, group), cells))
     return out
 
 
-def _header(cmp: Comparison) -> list[str]:
-    left_out = ["left out"] if cmp.not_completed else []
-    return [*(cmp.keys or ["group"]), "n", *left_out, *(short_name(t) for t in cmp.metrics)]
+def _diff_rows(cmp: Comparison) -> list[tuple[list[str], list[tuple[str, str, str]]]]:
+    """Per group but the reference: (key cells + n, [(difference, its interval, p)] per metric)."""
+    out = []
+    for i, group in enumerate(cmp.groups):
+        if i == cmp.ref:
+            continue
+        cells = []
+        for tag in cmp.metrics:
+            st = cmp.stats(tag)
+            if not math.isfinite(st.diff[i]):
+                cells.append(("–", "", ""))
+                continue
+            cells.append((f"{st.diff[i]:+.4f}", _interval(st.diff_low[i], st.diff_high[i], signed=True),
+                          _p_text(st.p[i])))
+        out.append((_key_cells(cmp, i, group, left_out=False), cells))
+    return out
+
+
+def _header(cmp: Comparison, left_out: bool = True) -> list[str]:
+    left = ["left out"] if cmp.not_completed and left_out else []
+    return [*(cmp.keys or ["group"]), "n", *left, *(short_name(t) for t in cmp.metrics)]
 
 
 def _rule_text(cmp: Comparison) -> str:
     marked = [t for t in cmp.metrics if best_direction(t) is not None]
-    rules = {"max": "highest", "min": "lowest", "one": "closest to 1 (smallest |log T|)"}
+    rules = {"max": "highest", "min": "lowest", "one": "closest to 1 (smallest |log T|)",
+             "zero": "closest to 0 (smallest |value|)"}
     parts = [f"{short_name(t)}: {rules[best_direction(t)]}" for t in marked]
-    return ("mean ± sample std (ddof=1) over each group's completed runs; n: completed runs; "
-            "best mean per column marked (" + "; ".join(parts) + ")")
+    level = f"{100 * cmp.analysis.settings.level:g}%"
+    return (f"mean ± sample std (ddof=1) over each group's completed runs, and the {level} interval of the mean; "
+            f"n: completed runs; * best, ≈ tied with the best (" + "; ".join(parts) + ")")
+
+
+def _published_rows(cmp: Comparison) -> dict[str, list[list[str]]]:
+    """source -> rows of (group, metric, observed [interval], published, difference, published inside)."""
+    out: dict[str, list[list[str]]] = {}
+    for row in cmp.published:
+        if math.isfinite(row.mean):
+            observed = f"{row.mean:.4f} {_interval(row.low, row.high)}".strip()
+            diff = f"{row.mean - row.published:+.4f}"
+        else:
+            observed, diff = "not measured", "–"
+        inside = {True: "yes", False: "no", None: "–"}[row.inside]
+        out.setdefault(row.source, []).append([cmp.groups[row.group].label, short_name(row.tag), observed,
+                                                f"{row.published:.4f}", diff, inside])
+    return out
+
+
+_PUBLISHED_HEADER = ["group", "metric", "observed [interval]", "published", "observed − published", "inside"]
 
 
 def print_table(cmp: Comparison, console=None) -> None:
-    """Print the table (rich), the common settings and the jobs left out."""
+    """Print the tables (rich), the common settings, the jobs left out and the notes on the statistics."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = console or Console(width=None if sys.stdout.isatty() else 240)
     completed = len(cmp.jobs) - len(cmp.not_completed)
-    table = Table(title=f"{completed} completed runs of {len(cmp.jobs)} in {', '.join(map(str, cmp.dirs))}",
-                  caption=_rule_text(cmp) + "; * best", caption_justify="left")
+    n_keys = max(len(cmp.keys), 1)
+    table = Table(title=escape(f"{completed} completed runs of {len(cmp.jobs)} in {', '.join(map(str, cmp.dirs))}"),
+                  caption=escape(_rule_text(cmp)), caption_justify="left")
     for i, name in enumerate(_header(cmp)):
-        table.add_column(name, justify="left" if i < max(len(cmp.keys), 1) else "right")
-    for (keys, cells), group in zip(_rows(cmp), cmp.groups):
-        if not cmp.keys:
-            keys = [group.label, *keys]
+        table.add_column(escape(name), justify="left" if i < n_keys else "right")
+    for keys, cells in _rows(cmp):
+        keys = [escape(k) for k in keys]
         if cmp.not_completed and keys[-1]:
             keys[-1] = f"[red]{keys[-1]}[/red]"
-        table.add_row(*keys, *(f"[bold green]{c} *[/bold green]" if b else c for c, b in cells))
+        rendered = []
+        for text, interval, mark in cells:
+            symbol = f" {_MARK_SYMBOL[mark]}" if mark else ""
+            cell = escape(f"{text}{symbol}\n{interval}" if interval else f"{text}{symbol}")
+            style = {"best": "bold green", "tied": "green"}.get(mark)
+            rendered.append(f"[{style}]{cell}[/{style}]" if style else cell)
+        table.add_row(*keys, *rendered)
     for line in _settings_lines(cmp):
         console.print(line, markup=False, highlight=False)
     console.print(table)
+    if len(cmp.groups) > 1:
+        diffs = Table(title=escape(f"Difference to {cmp.groups[cmp.ref].label} (the reference): mean difference "
+                                   f"[interval], Holm-adjusted p"))
+        for i, name in enumerate(_header(cmp, left_out=False)):
+            diffs.add_column(escape(name), justify="left" if i < n_keys else "right")
+        for keys, cells in _diff_rows(cmp):
+            diffs.add_row(*map(escape, keys), *(escape("\n".join(x for x in cell if x)) for cell in cells))
+        console.print(diffs)
+    for source, rows in _published_rows(cmp).items():
+        published = Table(title=escape(f"Published numbers: {source}"))
+        for name in _PUBLISHED_HEADER:
+            published.add_column(escape(name), justify="left" if name in ("group", "metric") else "right")
+        for row in rows:
+            published.add_row(*map(escape, row))
+        console.print(published)
     if cmp.not_completed:
         console.print(f"[red]{len(cmp.not_completed)} jobs left out (not completed):[/red]")
         for job in cmp.not_completed:
             console.print(f"  {job.status}: {job.name}" + (f": {job.error}" if job.error else ""), markup=False,
                           highlight=False)
+    for line in cmp.footer:
+        console.print(f"- {line}", markup=False, highlight=False)
     for note in cmp.notes:
         console.print(f"note: {note}", markup=False, highlight=False)
 
@@ -583,8 +916,14 @@ def _md_cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+
+
 def to_markdown(cmp: Comparison, figures: Sequence[tuple[str, str]] = ()) -> str:
-    """The report: common settings, the table (best in bold), the jobs left out, the figures."""
+    """The report: common settings, the table (best in bold), the differences, the published numbers, the notes
+    on the statistics, the jobs left out, the figures."""
     lines = [f"# Comparison: {', '.join(str(d) for d in cmp.dirs)}", ""]
     completed = len(cmp.jobs) - len(cmp.not_completed)
     lines.append(f"{len(cmp.jobs)} jobs: {completed} completed, {len(cmp.not_completed)} left out "
@@ -592,14 +931,27 @@ def to_markdown(cmp: Comparison, figures: Sequence[tuple[str, str]] = ()) -> str
     settings = _settings_lines(cmp, code="`")
     if settings:
         lines += ["", *(f"- {line}" for line in settings)]
-    header = _header(cmp)
-    lines += ["", "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    for (keys, cells), group in zip(_rows(cmp), cmp.groups):
-        if not cmp.keys:
-            keys = [group.label, *keys]
-        cells_md = [f"**{c}**" if b else c for c, b in cells]
-        lines.append("| " + " | ".join(_md_cell(c) for c in [*keys, *cells_md]) + " |")
+    rows = []
+    for keys, cells in _rows(cmp):
+        rendered = []
+        for text, interval, mark in cells:
+            head = f"**{text}**" if mark == "best" else text
+            rendered.append(" ".join(x for x in (head, interval, _MARK_SYMBOL[mark]) if x))
+        rows.append([*keys, *rendered])
+    lines += ["", *_md_table(_header(cmp), rows)]
     lines += ["", _rule_text(cmp) + ". Metrics are fractions (acc, ECE: 0.05 is 5 %); NLL in nats.", ""]
+    if len(cmp.groups) > 1:
+        lines += [f"## Difference to {cmp.groups[cmp.ref].label}", "",
+                  "Mean difference to the reference group [interval], Holm-adjusted p-value.", ""]
+        diff_rows = [[*keys, *(", ".join(x for x in (f"{d} {iv}".strip(), p) if x) for d, iv, p in cells)]
+                     for keys, cells in _diff_rows(cmp)]
+        lines += [*_md_table(_header(cmp, left_out=False), diff_rows), ""]
+    for source, rows in _published_rows(cmp).items():
+        lines += [f"## Published numbers: {source}", "", *_md_table(_PUBLISHED_HEADER, rows), "",
+                  "observed: mean over the group's runs [interval]; inside: whether the published value lies in "
+                  "the interval.", ""]
+    if cmp.footer:
+        lines += ["## How the statistics were made", "", *(f"- {line}" for line in cmp.footer), ""]
     if cmp.not_completed:
         lines += ["## Jobs left out", "", "| job | status | error |", "|---|---|---|"]
         lines += [f"| {_md_cell(j.name)} | {j.status} | {_md_cell(j.error)} |" for j in cmp.not_completed]
@@ -612,8 +964,12 @@ def to_markdown(cmp: Comparison, figures: Sequence[tuple[str, str]] = ()) -> str
     return "\n".join(lines).rstrip() + "\n"
 
 
+CSV_STATS = ("mean", "std", "n", "ci_low", "ci_high", "diff", "diff_ci_low", "diff_ci_high", "p", "mark")
+
+
 def to_csv(cmp: Comparison) -> str:
-    """One row per group: ``group``, the key columns, ``n``, ``left_out``, then ``<tag>_mean/_std/_n``."""
+    """One row per group: ``group``, the key columns, ``n``, ``left_out``, then per tag ``<tag>_<stat>`` for the
+    stats of :data:`CSV_STATS` (``_p`` Holm-adjusted; ``_mark`` ``best``, ``tied`` or empty)."""
     import pandas as pd
 
     rows = []
@@ -621,8 +977,12 @@ def to_csv(cmp: Comparison) -> str:
         row: dict[str, Any] = {"group": group.label, **{k: group.settings[k] for k in cmp.keys},
                                "n": len(group.completed), "left_out": len(group.jobs) - len(group.completed)}
         for tag in cmp.metrics:
-            for stat in ("mean", "std", "n"):
-                row[f"{tag}_{stat}"] = cmp.table.at[i, (tag, stat)]
+            st = cmp.stats(tag)
+            values = {"mean": st.mean[i], "std": st.std[i], "n": int(st.n[i]), "ci_low": st.ci_low[i],
+                      "ci_high": st.ci_high[i], "diff": st.diff[i], "diff_ci_low": st.diff_low[i],
+                      "diff_ci_high": st.diff_high[i], "p": st.p[i], "mark": st.mark[i]}
+            for stat in CSV_STATS:
+                row[f"{tag}_{stat}"] = values[stat]
         rows.append(row)
     return pd.DataFrame(rows).to_csv(index=False)
 
@@ -641,6 +1001,22 @@ def _draw_figures(cmp: Comparison, out: Path) -> list[tuple[str, str]]:
     colors = plots.group_colors(len(cmp.groups))
     drawn: list[tuple[str, str]] = []
     live = [(g, c) for g, c in zip(cmp.groups, colors) if g.completed]
+
+    # each metric per group with its interval, the reference group's mean as a line
+    panels = []
+    for tag in cmp.metrics:
+        st = cmp.stats(tag)
+        if np.isfinite(st.mean).any():
+            panels.append((short_name(tag), st.mean, st.ci_low, st.ci_high, st.mean[cmp.ref], st.mark))
+    if panels:
+        level = f"{100 * cmp.analysis.settings.level:g}%"
+        plots.save_intervals(
+            out / "intervals.png", panels, [g.label for g in cmp.groups], colors,
+            f"Each metric per group: mean over runs and {level} interval",
+            f"dashed line: the mean of the reference group ({cmp.groups[cmp.ref].label}); best: better than every "
+            f"other group; tied: not distinguishable from the best (Holm-adjusted p >= "
+            f"{cmp.analysis.settings.alpha:g})")
+        drawn.append(("intervals.png", "Each metric per group with its interval"))
 
     # validation NLL per epoch
     curves, missing = [], []
@@ -741,25 +1117,34 @@ def write_report(cmp: Comparison, out_dir: str | Path | None = None) -> list[Pat
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="compare.py",
-        description="Compare the runs of one or more sweeps: a table of mean ± std per group (printed, and "
-                    "written as comparison.md / comparison.csv) and figures in comparison/, in the first folder.",
+        description="Compare the runs of one or more sweeps: a table of mean ± std and the 95%% interval per "
+                    "group, differences to a reference group with p-values (printed, and written as "
+                    "comparison.md / comparison.csv) and figures in comparison/, in the first folder.",
     )
     p.add_argument("dirs", nargs="+", metavar="SWEEP_DIR",
                    help="sweep folder (outputs/multirun/<date>/<time>), folder of runs, or job folder")
     p.add_argument("--metrics", nargs="+", metavar="METRIC",
                    help="tags or short names of test tags, space- or comma-separated (default: "
-                        + ", ".join(short_name(t) for t in DEFAULT_METRICS) + ")")
+                        + ", ".join(short_name(t) for t in DEFAULT_METRICS) + "); metrics that ceexp.metrics "
+                        "defines (smece, ece_debiased, ece_signed, ...) are recomputed from predictions.npz "
+                        "where metrics.json lacks them")
     p.add_argument("--by", metavar="KEY[,KEY...]",
                    help="group by these keys (default: every override that varies, except seed)")
+    p.add_argument("--ref", metavar="GROUP",
+                   help="the reference group of the differences, as its label (loss=ce) or, with one grouping "
+                        "key, its value (ce); default: the cross-entropy group, else the first")
+    p.add_argument("--resamples", type=int, default=1000, metavar="R", help="bootstrap resamples (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="the bootstrap's seed (default 0)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``compare.py SWEEP_DIR [SWEEP_DIR ...] [--metrics ...] [--by ...]``; returns the exit code
+    """``compare.py SWEEP_DIR [SWEEP_DIR ...] [--metrics ...] [--by ...] [--ref GROUP]``; returns the exit code
     (0, or 2 on bad input, with one line on stderr and nothing written)."""
     args = _parser().parse_args(argv)
     try:
-        cmp = compare(args.dirs, metrics=args.metrics, by=[args.by] if args.by else None)
+        cmp = compare(args.dirs, metrics=args.metrics, by=[args.by] if args.by else None, ref=args.ref,
+                      n_resamples=args.resamples, seed=args.seed)
     except CompareError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

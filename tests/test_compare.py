@@ -1,7 +1,9 @@
-"""``scripts/compare.py`` on real sweeps: a 2 x 2 grid (loss x seed) and a sweep with one poisoned cell.
+"""``scripts/compare.py`` on real sweeps (a 2 x 2 grid, loss x seed, and a sweep with one poisoned cell) and on
+fake sweeps built here (job folders with ``.hydra/``, ``metrics.json`` and ``predictions.npz``, no training).
 
 The expected numbers are computed here from the jobs' own ``metrics.json`` with float64 numpy
-(``np.std(ddof=1)``), not with the pandas code under test.
+(``np.std(ddof=1)``), scipy and statsmodels, and from the predictions with the plain ``ceexp.metrics`` functions
+on explicitly resampled rows, not with the code under test.
 """
 from __future__ import annotations
 
@@ -13,20 +15,22 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from ceexp.compare import DEFAULT_METRICS, _best, best_direction, main, read_curve
+from ceexp.compare import DEFAULT_METRICS, best_direction, main, read_curve
+from ceexp.stats import best_of
 from tests.conftest import ROOT
 
 PNG = b"\x89PNG\r\n\x1a\n"
 # 2 epochs (so the curves have a line), big batches, no progress bar, no per-epoch diagram: seconds a job
 FAST = ["trainer.max_epochs=2", "data.batch_size=256", "callbacks.progress_bar=null",
         "trainer.enable_progress_bar=false", "diagram_every_n_epochs=0"]
-FIGURES = ["val_nll.png", "ece_vs_acc.png", "ece_temperature_scaling.png",
+FIGURES = ["intervals.png", "val_nll.png", "ece_vs_acc.png", "ece_temperature_scaling.png",
            "reliability_1_loss=ce.png", "reliability_2_loss=focal.png"]
 
 
@@ -108,18 +112,29 @@ def test_cli_table_matches_metrics_json(grid):
             cell = f"{mean:.4f} ± {std:.4f}"
             assert cell in result.stdout and cell in md, (tag, cell)
 
-    # the best mean per column is bold: highest accuracy, lowest ECE, temperature closest to 1 (|log T|)
-    def bold(tag, pick):
-        loss = pick(expected, key=lambda k: pick_key(expected[k][tag][0], tag))
-        mean, std, _ = expected[loss][tag]
-        return f"**{mean:.4f} ± {std:.4f}**"
+    # marks (changed by design: a mark now needs a test). Per column the best-mean group by the per-run score
+    # (accuracy: highest; temperature: smallest |log T|; others: lowest) is tested against the other group,
+    # paired by seed (ttest_rel on the scores; Holm over a family of one is the p-value itself): bold and * when
+    # p < 0.05, else both groups tied (≈, not bold)
+    def score(tag, x):
+        x = np.asarray(x, dtype=np.float64)
+        return -x if tag == "test/acc" else np.abs(np.log(x)) if tag == "test/temperature" else x
 
-    def pick_key(mean, tag):
-        return abs(math.log(mean)) if tag == "test/temperature" else mean
+    runs = {loss: {o["seed"]: m for o, m in _jobs(grid) if o["loss"] == loss} for loss in ("ce", "focal")}
+    for tag in ("test/acc", "test/ece", "test/temperature"):
+        scores = {loss: score(tag, [runs[loss][s][tag] for s in ("0", "1")]) for loss in runs}
+        best = min(scores, key=lambda loss: scores[loss].mean())
+        other = next(loss for loss in scores if loss != best)
+        from scipy.stats import ttest_rel
 
-    assert bold("test/acc", max) in md
-    assert bold("test/ece", min) in md
-    assert bold("test/temperature", min) in md
+        p = ttest_rel(scores[best], scores[other]).pvalue
+        mean, std, _ = expected[best][tag]
+        if p < 0.05:
+            assert f"**{mean:.4f} ± {std:.4f}**" in md and rows[best][f"{tag}_mark"] == "best", tag
+            assert rows[other][f"{tag}_mark"] == ""
+        else:
+            assert f"**{mean:.4f} ± {std:.4f}**" not in md, tag
+            assert rows[best][f"{tag}_mark"] == rows[other][f"{tag}_mark"] == "tied", tag
 
     figures = grid / "comparison"
     assert sorted(p.name for p in figures.iterdir()) == sorted(FIGURES)
@@ -236,12 +251,319 @@ def test_cli_bad_input_exit_code(tmp_path):
 
 def test_best_rules():
     assert [best_direction(t) for t in ("test/acc", "test/acc_ts", "test/ece_ts", "val/nll", "test/temperature",
-                                        "test/confidence")] == ["max", "max", "min", "min", "one", None]
-    assert _best([0.90, 0.92, 0.92], "max") == {1, 2}
-    assert _best([0.05, float("nan"), 0.03], "min") == {2}
+                                        "test/confidence", "test/ece_signed", "test/ece_signed_ts")] == \
+        ["max", "max", "min", "min", "one", None, "zero", "zero"]
+    assert best_of([0.90, 0.92, 0.92], "max") == {1, 2}
+    assert best_of([0.05, float("nan"), 0.03], "min") == {2}
     # temperature: closest to 1 on a log scale (T and 1/T equally far)
-    assert _best([0.5, 1.9, 2.1], "one") == {1}  # |log| 0.69, 0.64, 0.74
-    assert _best([0.45, 2.1], "one") == {1}  # |log 0.45| = 0.80 > log 2.1 = 0.74
-    assert _best([0.5, 2.0], "one") == {0, 1}
-    assert _best([float("nan")], "min") == set() and _best([0.2, 0.8], None) == set()
-    assert _best([0.0, float("nan")], "one") == set()
+    assert best_of([0.5, 1.9, 2.1], "one") == {1}  # |log| 0.69, 0.64, 0.74
+    assert best_of([0.45, 2.1], "one") == {1}  # |log 0.45| = 0.80 > log 2.1 = 0.74
+    assert best_of([0.5, 2.0], "one") == {0, 1}
+    assert best_of([float("nan")], "min") == set() and best_of([0.2, 0.8], None) == set()
+    assert best_of([0.0, float("nan")], "one") == set()
+    # signed ECE: closest to 0
+    assert best_of([-0.01, 0.02, 0.015], "zero") == {0}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# fake sweeps: job folders written here (no training), with predictions.npz
+
+N_TEST, N_CLASSES = 240, 4
+# per loss: (logit noise, boost of the true class): mse is clearly better calibrated and more accurate
+QUALITY = {"ce": (1.0, 1.0), "focal": (1.0, 1.0), "mse": (0.6, 2.5)}
+
+
+def _logits(loss: str, seed: int, labels: np.ndarray) -> np.ndarray:
+    noise, boost = QUALITY[loss]
+    rng = np.random.default_rng([sorted(QUALITY).index(loss), seed])
+    z = (noise * 2 * rng.normal(size=(len(labels), N_CLASSES))).astype(np.float32)
+    z[np.arange(len(labels)), labels] += boost
+    return z
+
+
+def _record(z: np.ndarray, labels: np.ndarray, temperature: float) -> dict:
+    """metrics.json as the run writes it: float32 probabilities, ceexp.metrics."""
+    import torch
+
+    from ceexp import metrics as M
+
+    logits, y = torch.from_numpy(z), torch.from_numpy(labels)
+    probs, probs_ts = logits.softmax(dim=1), (logits / temperature).softmax(dim=1)
+    return {"status": "completed", "test/acc": float((probs.argmax(1) == y).double().mean()),
+            "test/nll": float(M.negative_log_likelihood(logits, y)),
+            "test/ece": float(M.expected_calibration_error(probs, y)),
+            "test/ece_ts": float(M.expected_calibration_error(probs_ts, y)), "test/temperature": temperature}
+
+
+def _fake_job(folder: Path, overrides: dict, record: dict | None, predictions: tuple | None = None,
+              config: dict | None = None) -> None:
+    from ceexp.files import write_json
+    from ceexp.runs import write_predictions
+
+    hydra = folder / ".hydra"
+    hydra.mkdir(parents=True)
+    (hydra / "overrides.yaml").write_text(yaml.safe_dump([f"{k}={v}" for k, v in overrides.items()]))
+    (hydra / "config.yaml").write_text(yaml.safe_dump({"seed": 0, "n_bins": 15, **(config or {})}))
+    choices = {"loss": overrides.get("loss", "ce")}
+    (hydra / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": choices}}}))
+    if record is not None:
+        write_json(folder / "metrics.json", record)
+    if predictions is not None:
+        write_predictions(folder, *predictions)
+
+
+def _fake_sweep(root: Path, losses=("focal", "ce", "mse"), seeds=(0, 1, 2), predictions: bool = True,
+                drop: Sequence[str] = (), config: dict | None = None) -> dict:
+    """A sweep folder of loss x seed jobs on one shared test split; returns {(loss, seed): (logits, record)}."""
+    labels = np.random.default_rng(0).integers(0, N_CLASSES, N_TEST)
+    out = {}
+    for i, (loss, seed) in enumerate((loss, seed) for loss in losses for seed in seeds):
+        z = _logits(loss, seed, labels)
+        temperature = 1.2 + 0.3 * sorted(QUALITY).index(loss) + 0.02 * seed * (1 + sorted(QUALITY).index(loss))
+        record = {k: v for k, v in _record(z, labels, temperature).items() if k not in drop}
+        preds = (z[:20], labels[:20], z, labels, temperature) if predictions else None
+        _fake_job(root / f"{i}_loss={loss},seed={seed}", {"loss": loss, "seed": seed}, record, preds, config)
+        out[(loss, seed)] = (z, record)
+    out["labels"] = labels
+    return out
+
+
+def _plain_ece(z: np.ndarray, labels: np.ndarray, temperature: float | None = None) -> float:
+    import torch
+
+    from ceexp import metrics as M
+
+    logits = torch.from_numpy(z) if temperature is None else torch.from_numpy(z) / temperature
+    return float(M.expected_calibration_error(logits.softmax(dim=1), torch.from_numpy(labels)))
+
+
+def test_fake_sweep_intervals_differences_p_values_and_marks(tmp_path, capsys):
+    from scipy import stats as sps
+    from statsmodels.stats.multitest import multipletests
+
+    from ceexp import bootstrap as bs
+
+    root = tmp_path / "sweep"
+    jobs = _fake_sweep(root)
+    labels = jobs["labels"]
+    resamples = 80
+    assert main([str(root), "--metrics", "acc", "ece", "temperature", "--resamples", str(resamples)]) == 0
+    out = capsys.readouterr().out
+    rows = {r["loss"]: r for r in _read_csv(root / "comparison.csv")}
+    assert list(rows) == ["focal", "ce", "mse"]
+    seeds = (0, 1, 2)
+    values = {(loss, tag): np.array([jobs[(loss, s)][1][tag] for s in seeds]) for loss in rows
+              for tag in ("test/acc", "test/ece", "test/temperature")}
+
+    # the columns of the contract, in order
+    stats_columns = ["mean", "std", "n", "ci_low", "ci_high", "diff", "diff_ci_low", "diff_ci_high", "p", "mark"]
+    assert list(rows["ce"])[:4] == ["group", "loss", "n", "left_out"]
+    assert list(rows["ce"])[4:14] == [f"test/acc_{c}" for c in stats_columns]
+
+    # means and std from metrics.json
+    for (loss, tag), x in values.items():
+        assert float(rows[loss][f"{tag}_mean"]) == pytest.approx(x.mean(), rel=1e-12)
+        assert float(rows[loss][f"{tag}_std"]) == pytest.approx(x.std(ddof=1), rel=1e-9)
+
+    # ECE intervals: the two-level bootstrap rebuilt by hand: the plain metric on explicitly resampled test rows
+    # (the resamples of the shared split, replicate r for every run), the seeds drawn with replacement
+    resampler = bs.Resampler(N_TEST, 0, bs.split_stream(labels))
+    draws = bs.seed_draws(3, resamples, 0, bs.keys_stream([f"seed={s}" for s in seeds]))
+    group_reps = {}
+    for loss in rows:
+        per_run = np.array([[_plain_ece(jobs[(loss, s)][0][idx], labels[idx]) for idx in
+                             (resampler.indices(r) for r in range(resamples))] for s in seeds])
+        group_reps[loss] = per_run[draws, np.arange(resamples)[:, None]].mean(axis=1)
+        low, high = np.percentile(group_reps[loss], [2.5, 97.5])
+        # the plain function returns float32 for float32 probabilities: agreement to its precision
+        assert float(rows[loss]["test/ece_ci_low"]) == pytest.approx(low, rel=1e-6)
+        assert float(rows[loss]["test/ece_ci_high"]) == pytest.approx(high, rel=1e-6)
+    # the reference is the cross-entropy group although it is not the first; differences paired (same draws)
+    assert float(rows["ce"]["test/ece_diff"]) == 0.0 and rows["ce"]["test/ece_p"] == ""
+    for loss in ("focal", "mse"):
+        low, high = np.percentile(group_reps[loss] - group_reps["ce"], [2.5, 97.5])
+        assert float(rows[loss]["test/ece_diff_ci_low"]) == pytest.approx(low, rel=1e-5, abs=1e-7)
+        assert float(rows[loss]["test/ece_diff_ci_high"]) == pytest.approx(high, rel=1e-5, abs=1e-7)
+        assert float(rows[loss]["test/ece_diff"]) == pytest.approx(
+            values[(loss, "test/ece")].mean() - values[("ce", "test/ece")].mean(), rel=1e-12)
+
+    # p-values: paired t-tests over the seeds against ce, Holm across the two groups (scipy, statsmodels)
+    for tag in ("test/acc", "test/ece", "test/temperature"):
+        raw = [sps.ttest_rel(values[(loss, tag)], values[("ce", tag)]).pvalue for loss in ("focal", "mse")]
+        holm = multipletests(raw, method="holm")[1]
+        assert [float(rows[loss][f"{tag}_p"]) for loss in ("focal", "mse")] == pytest.approx(holm, rel=1e-12)
+
+    # marks: mse is clearly best in acc and ECE (tested against both others, Holm); temperature: ce is closest to 1
+    for tag, score in (("test/acc", lambda x: -x), ("test/ece", lambda x: x),
+                       ("test/temperature", lambda x: np.abs(np.log(x)))):
+        means = {loss: score(values[(loss, tag)]).mean() for loss in rows}
+        best = min(means, key=means.get)
+        others = [loss for loss in rows if loss != best]
+        adjusted = multipletests([sps.ttest_rel(score(values[(best, tag)]), score(values[(o, tag)])).pvalue
+                                  for o in others], method="holm")[1]
+        if all(adjusted < 0.05):
+            expected_marks = {best: "best", **{o: "" for o in others}}
+        else:
+            expected_marks = {best: "tied", **{o: "tied" if a >= 0.05 else "" for o, a in zip(others, adjusted)}}
+        assert {loss: rows[loss][f"{tag}_mark"] for loss in rows} == expected_marks, tag
+    assert rows["mse"]["test/ece_mark"] == "best" and rows["mse"]["test/acc_mark"] == "best"
+
+    # temperature: fitted on validation data, so a t-interval over the seeds
+    for loss in rows:
+        x = values[(loss, "test/temperature")]
+        low, high = sps.t.interval(0.95, df=2, loc=x.mean(), scale=x.std(ddof=1) / math.sqrt(3))
+        assert float(rows[loss]["test/temperature_ci_low"]) == pytest.approx(low, rel=1e-9)
+        assert float(rows[loss]["test/temperature_ci_high"]) == pytest.approx(high, rel=1e-9)
+
+    md = (root / "comparison.md").read_text()
+    mean, std = values[("mse", "test/ece")].mean(), values[("mse", "test/ece")].std(ddof=1)
+    low, high = np.percentile(group_reps["mse"], [2.5, 97.5])
+    assert f"**{mean:.4f} ± {std:.4f}** [{low:.4f}, {high:.4f}] *" in md
+    assert f"{mean:.4f} ± {std:.4f} *" in out and f"[{low:.4f}, {high:.4f}]" in out
+    assert "## Difference to loss=ce" in md and "Difference to loss=ce (the reference)" in out
+    assert "temperature (not computable from test predictions): seed-level statistics only" in md
+    assert "paired t-test (ttest_rel): loss=focal, loss=mse" in md
+    assert (root / "comparison" / "intervals.png").read_bytes()[:8] == PNG
+
+
+def test_metric_added_after_the_sweep_is_recomputed(tmp_path, capsys):
+    """metrics.json without ece_debiased and smece (a sweep older than them): recomputed from predictions.npz,
+    with the run's own n_bins."""
+    import torch
+
+    from ceexp import metrics as M
+
+    root = tmp_path / "old"
+    jobs = _fake_sweep(root, losses=("ce", "mse"), seeds=(0, 1), config={"n_bins": 10})
+    labels = torch.from_numpy(jobs["labels"])
+    assert main([str(root), "--metrics", "ece_debiased,smece", "--resamples", "8"]) == 0
+    rows = {r["loss"]: r for r in _read_csv(root / "comparison.csv")}
+    for loss in ("ce", "mse"):
+        probs = [torch.from_numpy(jobs[(loss, s)][0]).softmax(dim=1) for s in (0, 1)]
+        debiased = [float(M.debiased_ece(p, labels, n_bins=10)) for p in probs]
+        smooth = [float(M.smooth_ece(p, labels)) for p in probs]
+        assert float(rows[loss]["test/ece_debiased_mean"]) == pytest.approx(np.mean(debiased), rel=1e-6)
+        assert float(rows[loss]["test/smece_mean"]) == pytest.approx(np.mean(smooth), rel=1e-6)
+        assert float(rows[loss]["test/smece_ci_low"]) <= float(rows[loss]["test/smece_ci_high"])
+    md = (root / "comparison.md").read_text()
+    assert "recomputed from predictions.npz (not in every run's metrics.json): ece_debiased, smece" in md
+    assert "smece: computed one resample at a time, 8 resamples" in md
+
+
+def test_without_predictions_seed_level_statistics_only(tmp_path):
+    from scipy import stats as sps
+
+    root = tmp_path / "bare"
+    jobs = _fake_sweep(root, losses=("ce", "mse"), predictions=False)
+    assert main([str(root), "--metrics", "ece"]) == 0
+    rows = {r["loss"]: r for r in _read_csv(root / "comparison.csv")}
+    x = {loss: np.array([jobs[(loss, s)][1]["test/ece"] for s in (0, 1, 2)]) for loss in ("ce", "mse")}
+    low, high = sps.t.interval(0.95, df=2, loc=x["mse"].mean(), scale=sps.sem(x["mse"]))
+    assert float(rows["mse"]["test/ece_ci_low"]) == pytest.approx(low, rel=1e-9)
+    assert float(rows["mse"]["test/ece_ci_high"]) == pytest.approx(high, rel=1e-9)
+    result = sps.ttest_rel(x["mse"], x["ce"])
+    assert float(rows["mse"]["test/ece_p"]) == pytest.approx(result.pvalue, rel=1e-12)
+    ci = result.confidence_interval(0.95)
+    assert float(rows["mse"]["test/ece_diff_ci_low"]) == pytest.approx(ci.low, rel=1e-9)
+    md = (root / "comparison.md").read_text()
+    assert "ece (no predictions.npz): seed-level statistics only, a t-interval over seeds (scipy.stats.t)" in md
+
+
+def test_one_run_per_group(tmp_path):
+    """n = 1: the intervals come from the test-sample bootstrap alone (said in the footer); the p-value is the
+    paired permutation test over test samples."""
+    root = tmp_path / "single"
+    _fake_sweep(root, losses=("ce", "mse"), seeds=(0,))
+    assert main([str(root), "--metrics", "ece", "--resamples", "100"]) == 0
+    rows = {r["loss"]: r for r in _read_csv(root / "comparison.csv")}
+    assert rows["ce"]["test/ece_std"] == ""
+    low, mean, high = (float(rows["ce"][f"test/ece_{s}"]) for s in ("ci_low", "mean", "ci_high"))
+    assert low < mean < high
+    assert 0 < float(rows["mse"]["test/ece_p"]) < 0.01 and rows["mse"]["test/ece_mark"] == "best"
+    md = (root / "comparison.md").read_text()
+    assert "one run in loss=ce, loss=mse: the interval is the test-sample bootstrap alone" in md
+    assert "paired permutation test over test samples" in md
+
+
+def test_published_numbers_table(tmp_path, capsys):
+    expected = {"source": "Made-up et al. 2020, Table 1", "key": "loss",
+                "values": {"ce": {"test/ece": 0.05, "test/acc": 0.5}, "mse": {"test/nll": 9.0}}}
+    root = tmp_path / "paper"
+    jobs = _fake_sweep(root, losses=("ce", "mse"), config={"expected": expected})
+    assert main([str(root), "--metrics", "ece", "--resamples", "50"]) == 0
+    out = capsys.readouterr().out
+    md = (root / "comparison.md").read_text()
+    assert "## Published numbers: Made-up et al. 2020, Table 1" in md and "Published numbers: Made-up" in out
+    rows = {r["loss"]: r for r in _read_csv(root / "comparison.csv")}
+    ece = np.mean([jobs[("ce", s)][1]["test/ece"] for s in (0, 1, 2)])
+    low, high = float(rows["ce"]["test/ece_ci_low"]), float(rows["ce"]["test/ece_ci_high"])
+    inside = "yes" if low <= 0.05 <= high else "no"
+    assert f"| loss=ce | ece | {ece:.4f} [{low:.4f}, {high:.4f}] | 0.0500 | {ece - 0.05:+.4f} | {inside} |" in md
+    # acc and nll are not in --metrics but are published: measured anyway, with t-free bootstrap intervals
+    acc = np.mean([jobs[("ce", s)][1]["test/acc"] for s in (0, 1, 2)])
+    assert f"| loss=ce | acc | {acc:.4f} [" in md and "| 0.5000 | " in md
+    nll = np.mean([jobs[("mse", s)][1]["test/nll"] for s in (0, 1, 2)])
+    assert f"| loss=mse | nll | {nll:.4f} [" in md and f"| 9.0000 | {nll - 9:+.4f} | no |" in md
+
+
+def test_reference_option(tmp_path):
+    root = tmp_path / "refs"
+    _fake_sweep(root, losses=("focal", "mse"), seeds=(0, 1))
+    assert main([str(root), "--metrics", "ece", "--resamples", "20"]) == 0  # no ce group: the first
+    rows = {r["loss"]: r for r in _read_csv(root / "comparison.csv")}
+    assert float(rows["focal"]["test/ece_diff"]) == 0.0 and rows["focal"]["test/ece_p"] == ""
+    for ref in ("mse", "loss=mse"):
+        assert main([str(root), "--metrics", "ece", "--resamples", "20", "--ref", ref]) == 0
+        rows = {r["loss"]: r for r in _read_csv(root / "comparison.csv")}
+        assert float(rows["mse"]["test/ece_diff"]) == 0.0 and rows["focal"]["test/ece_p"] != ""
+
+
+@pytest.mark.parametrize("case", ["unknown metric", "unknown ref", "needs predictions", "bad resamples"])
+def test_bad_input_on_fake_sweeps(case, tmp_path, capsys):
+    root = tmp_path / "sweep"
+    if case == "needs predictions":
+        _fake_sweep(root, losses=("ce", "mse"), seeds=(0, 1))
+        for job in ("1_loss=ce,seed=1", "3_loss=mse,seed=1"):
+            (root / job / "predictions.npz").unlink()
+        args = ["--metrics", "ece", "smece"]
+    else:
+        _fake_sweep(root, losses=("ce", "mse"), seeds=(0,))
+        args = {"unknown metric": ["--metrics", "ece", "eec"], "unknown ref": ["--ref", "focal"],
+                "bad resamples": ["--resamples", "0"]}[case]
+    before = _files(root)
+    assert main([str(root), *args]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
+    assert captured.out == "" and _files(root) == before
+    expected = {
+        "unknown metric": ["--metrics eec is not a known metric", "acc, nll, ece, ece_ts", "smece", "ece_debiased"],
+        "unknown ref": ["--ref focal is not a group: expected one of loss=ce, loss=mse"],
+        "needs predictions": ["--metrics smece is not in the metrics.json of 2 runs",
+                              "1_loss=ce,seed=1, 3_loss=mse,seed=1"],
+        "bad resamples": ["--resamples 0 is invalid"],
+    }[case]
+    for text in expected:
+        assert text in lines[0], (text, lines[0])
+
+
+def test_published_numbers_of_the_mukhoti_experiment(tmp_path):
+    """The expected: block of configs/experiment/mukhoti_cifar10.yaml, on jobs that set +loss_preset=...: the
+    cross-entropy preset is the reference although it comes second."""
+    block = yaml.safe_load((ROOT / "configs" / "experiment" / "mukhoti_cifar10.yaml").read_text())["expected"]
+    labels = np.random.default_rng(0).integers(0, N_CLASSES, N_TEST)
+    records = {}
+    for i, (preset, loss) in enumerate((p, l) for p, l in (("focal_3", "focal"), ("ce", "ce")) for _ in (0, 1)):
+        seed = i % 2
+        z = _logits(loss, seed, labels)
+        records[(preset, seed)] = _record(z, labels, 1.5 + 0.1 * i)
+        _fake_job(tmp_path / "sweep" / f"{i}_+loss_preset={preset},seed={seed}", {"+loss_preset": preset, "seed": seed},
+                  records[(preset, seed)], (z[:20], labels[:20], z, labels, 1.5 + 0.1 * i), {"expected": block})
+    assert main([str(tmp_path / "sweep"), "--resamples", "50"]) == 0
+    md = (tmp_path / "sweep" / "comparison.md").read_text()
+    assert f"## Published numbers: {block['source']}" in md and "## Difference to loss_preset=ce" in md
+    for preset in ("ce", "focal_3"):
+        for tag, published in block["values"][preset].items():
+            mean = np.mean([records[(preset, s)][tag] for s in (0, 1)])
+            assert f"| loss_preset={preset} | {tag.removeprefix('test/')} | {mean:.4f} " in md, (preset, tag)
+            assert f"| {published:.4f} | {mean - published:+.4f} |" in md, (preset, tag)
