@@ -267,6 +267,13 @@ def _paired_order(keys_a: Sequence[str], keys_b: Sequence[str]) -> tuple[list[in
     return [list(keys_a).index(k) for k in order], [list(keys_b).index(k) for k in order]
 
 
+def _no_difference(a: np.ndarray, b: np.ndarray, order) -> bool:
+    """Whether the data show no difference at all: paired runs all equal, or both groups one and the same value."""
+    if order is not None:
+        return bool(np.array_equal(a[order[0]], b[order[1]]))
+    return bool(np.ptp(a) == 0 and np.ptp(b) == 0 and a[0] == b[0])
+
+
 def p_value(a, b, keys_a: Sequence[str] = (), keys_b: Sequence[str] = (), level: float = 0.95):
     """Two-sided test of equal means of two groups' per-run values, chosen by the group sizes (module docstring).
 
@@ -277,7 +284,9 @@ def p_value(a, b, keys_a: Sequence[str] = (), keys_b: Sequence[str] = (), level:
     Returns:
         ``(p, test name, (low, high))``: the p-value, the scipy test used, and the interval of ``mean(a) -
         mean(b)`` that the test gives (NaN where it gives none); ``(nan, reason, (nan, nan))`` when there is no
-        test here (one run in each group: see :func:`permutation_p_value`).
+        test here (one run in each group: see :func:`permutation_p_value`). Runs that are all equal to their
+        pairs (or two constant groups of one value) give p = 1: scipy's t = 0 / 0 is NaN, but the data show no
+        difference at all.
     """
     from scipy import stats
 
@@ -296,6 +305,8 @@ def p_value(a, b, keys_a: Sequence[str] = (), keys_b: Sequence[str] = (), level:
         else:
             result, name = stats.ttest_ind(a, b, equal_var=True), "Student's t-test (ttest_ind, one run)"
         p = float(result.pvalue)
+        if _no_difference(a, b, order):
+            p = 1.0  # every run equal to its pair (or both groups one value): t = 0/0 (or rounding), no evidence
         try:
             low, high = result.confidence_interval(level)
             interval = (float(low), float(high))

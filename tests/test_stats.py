@@ -82,10 +82,11 @@ def test_marks_two_identical_groups_tie_and_a_clearly_worse_one_is_left_out():
     values, keys = [same, same.copy(), worse], [SEEDS] * 3
     marks, best, adjusted = stats.marks(values, keys, "min")
     assert best == 0 and marks == ["tied", "tied", ""]
-    # identical runs: ttest_rel is NaN (no variance of the differences): untestable, so tied
-    assert math.isnan(adjusted[1])
+    # identical runs: ttest_rel is 0/0 = NaN, but the data show no difference at all: p = 1, so tied
+    assert adjusted[1] == 1.0
     worse_p = sps.ttest_rel(same, worse).pvalue
-    assert adjusted[2] == pytest.approx(worse_p, rel=1e-12) and adjusted[2] < 0.05  # a family of one finite p
+    assert adjusted[2] == pytest.approx(multipletests([1.0, worse_p], method="holm")[1][1], rel=1e-12)
+    assert adjusted[2] < 0.05
 
 
 def test_marks_a_clearly_better_group_is_best():
@@ -236,3 +237,15 @@ def test_one_run_each_permutation_test_is_scipys():
     groups = [[_run("seed=0", {}, za, labels)], [_run("seed=0", {}, zb, other)]]
     st = stats.analyse(groups, ["test/acc"], settings=settings).tags["test/acc"]
     assert math.isnan(st.p_raw[1]) and st.test[1] == "one run in each group, on different test labels"
+
+
+def test_p_value_is_one_when_the_runs_show_no_difference_at_all():
+    """scipy's t-tests give 0/0 = NaN for identical data; no difference at all is p = 1, not 'untestable'."""
+    a = [0.05, 0.07, 0.06]
+    p, name, _ = stats.p_value(a, list(a), ["0", "1", "2"], ["0", "1", "2"])
+    assert p == 1.0 and "ttest_rel" in name
+    p, _, _ = stats.p_value([0.1, 0.1], [0.1, 0.1, 0.1])
+    assert p == 1.0
+    # a constant shift is a difference: scipy's paired test says p = 0 (t infinite), not 1
+    p, _, _ = stats.p_value(a, [x + 0.01 for x in a], ["0", "1", "2"], ["0", "1", "2"])
+    assert p < 0.05
