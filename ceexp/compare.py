@@ -22,7 +22,7 @@ when ``metrics.json`` lacks it (``--metrics smece`` on a sweep that ran before s
 own ``n_bins``. A metric that needs predictions some runs lack stops the comparison (the runs are listed).
 
 Statistics (:mod:`ceexp.stats`, :mod:`ceexp.bootstrap`). Each cell shows the mean over the group's completed
-runs ± their sample standard deviation (ddof=1) and the 95 % interval of the mean: a two-level percentile
+runs ± their sample standard deviation (ddof=1) and the 95 % interval of the mean: a two-level basic
 bootstrap (seeds, then test samples; 1,000 resamples) when the runs have predictions, else a t-interval over
 the seeds (and none for one run). The table of differences gives each group's difference to the reference group
 (``--ref``; default: the cross-entropy group, ``loss`` or ``loss_preset`` ``ce``, else the first), its
@@ -674,7 +674,7 @@ def _footer(cmp: Comparison) -> list[str]:
     lines = []
     boot = [t.tag for t in tags if "bootstrap" in t.interval or "test samples" in t.interval]
     if boot:
-        lines.append(f"intervals: {level} percentile bootstrap ({settings.n_resamples} resamples, seed "
+        lines.append(f"intervals: {level} basic bootstrap ({settings.n_resamples} resamples, seed "
                      f"{settings.seed}), two levels: the seeds with replacement, then the test samples (runs on one "
                      f"test split share each resample; differences are paired by seed and by test sample where the "
                      f"runs allow)")

@@ -374,14 +374,19 @@ def test_fake_sweep_intervals_differences_p_values_and_marks(tmp_path, capsys):
         per_run = np.array([[_plain_ece(jobs[(loss, s)][0][idx], labels[idx]) for idx in
                              (resampler.indices(r) for r in range(resamples))] for s in seeds])
         group_reps[loss] = per_run[draws, np.arange(resamples)[:, None]].mean(axis=1)
-        low, high = np.percentile(group_reps[loss], [2.5, 97.5])
+        # the basic interval: the quantiles reflected about the group's mean, (2 m - q97.5, 2 m - q2.5), >= 0
+        q_low, q_high = np.percentile(group_reps[loss], [2.5, 97.5])
+        m = values[(loss, "test/ece")].mean()
+        low, high = max(2 * m - q_high, 0.0), max(2 * m - q_low, 0.0)
         # the plain function returns float32 for float32 probabilities: agreement to its precision
         assert float(rows[loss]["test/ece_ci_low"]) == pytest.approx(low, rel=1e-6)
         assert float(rows[loss]["test/ece_ci_high"]) == pytest.approx(high, rel=1e-6)
     # the reference is the cross-entropy group although it is not the first; differences paired (same draws)
     assert float(rows["ce"]["test/ece_diff"]) == 0.0 and rows["ce"]["test/ece_p"] == ""
     for loss in ("focal", "mse"):
-        low, high = np.percentile(group_reps[loss] - group_reps["ce"], [2.5, 97.5])
+        q_low, q_high = np.percentile(group_reps[loss] - group_reps["ce"], [2.5, 97.5])
+        d = values[(loss, "test/ece")].mean() - values[("ce", "test/ece")].mean()
+        low, high = 2 * d - q_high, 2 * d - q_low
         assert float(rows[loss]["test/ece_diff_ci_low"]) == pytest.approx(low, rel=1e-5, abs=1e-7)
         assert float(rows[loss]["test/ece_diff_ci_high"]) == pytest.approx(high, rel=1e-5, abs=1e-7)
         assert float(rows[loss]["test/ece_diff"]) == pytest.approx(
@@ -417,7 +422,8 @@ def test_fake_sweep_intervals_differences_p_values_and_marks(tmp_path, capsys):
 
     md = (root / "comparison.md").read_text()
     mean, std = values[("mse", "test/ece")].mean(), values[("mse", "test/ece")].std(ddof=1)
-    low, high = np.percentile(group_reps["mse"], [2.5, 97.5])
+    q_low, q_high = np.percentile(group_reps["mse"], [2.5, 97.5])
+    low, high = max(2 * mean - q_high, 0.0), max(2 * mean - q_low, 0.0)
     assert f"**{mean:.4f} ± {std:.4f}** [{low:.4f}, {high:.4f}] *" in md
     assert f"{mean:.4f} ± {std:.4f} *" in out and f"[{low:.4f}, {high:.4f}]" in out
     assert "## Difference to loss=ce" in md and "Difference to loss=ce (the reference)" in out
