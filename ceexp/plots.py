@@ -20,7 +20,7 @@ import numpy as np
 
 __all__ = [
     "draw_reliability_diagram", "group_colors", "reliability_diagram_image", "save_curves", "save_image_grid",
-    "save_paired_bars", "save_reliability_diagrams", "save_scatter",
+    "save_intervals", "save_paired_bars", "save_reliability_diagrams", "save_scatter",
 ]
 
 

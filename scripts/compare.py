@@ -1,6 +1,6 @@
 """Compare the runs of one or more sweeps (table and figures); see ceexp/compare.py.
 
-    python scripts/compare.py outputs/multirun/<date>/<time> [--metrics acc ece] [--by loss]
+    python scripts/compare.py outputs/multirun/<date>/<time> [--metrics acc ece smece] [--by loss] [--ref loss=ce]
 """
 import sys
 
