@@ -12,6 +12,10 @@ of two criteria (``TemperatureScaler(method=...)``):
 
 Since dividing by a positive number keeps the argmax, accuracy is unchanged while confidence (and so
 calibration) moves.
+
+Dtypes: ``fit`` works on a float64 CPU copy of the logits whatever their dtype (float16 and bfloat16 included),
+so 16-bit logits get the temperature of their exact values; calling the scaler returns ``logits / T`` in the
+logits' own dtype.
 """
 from __future__ import annotations
 

@@ -1,8 +1,14 @@
-"""Argument and tensor checks shared by the losses, metrics and temperature scaling.
+"""Argument and tensor checks shared by the losses, metrics and temperature scaling, and their working dtype.
 
 Every check raises ``ValueError`` with one line that names the argument, what was
 expected and what was got, in the style of torchmetrics:
 "Expected argument `n_bins` to be a positive integer, but got 0".
+
+Reduced precision. The losses and metrics compute and accumulate in :func:`working_dtype` of their input:
+float32 for float16 and bfloat16 tensors, the tensor's own dtype for float32 and float64. A 16-bit sum of many
+terms overflows (float16 stops at 65,504) or loses its last digits (bfloat16 keeps about 3 significant
+digits), so no sum or mean is ever taken in 16 bits; :func:`check_probabilities` sums rows in the working dtype
+too, and allows for the rounding of every probability to a 16-bit dtype.
 """
 from __future__ import annotations
 
@@ -17,7 +23,21 @@ __all__ = [
     "check_non_negative",
     "check_classification_inputs",
     "check_probabilities",
+    "working_dtype",
 ]
+
+
+def working_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype to compute and accumulate in for inputs of ``dtype``: float32 or wider.
+
+    float16 and bfloat16 give float32 (what ``torch.autocast`` runs ``cross_entropy`` in); float32 and float64
+    are kept, so a float64 input is never narrowed.
+
+    Example:
+        >>> working_dtype(torch.bfloat16), working_dtype(torch.float16), working_dtype(torch.float64)
+        (torch.float32, torch.float32, torch.float64)
+    """
+    return torch.promote_types(dtype, torch.float32)
 
 
 def check_positive_int(name: str, value: Any) -> None:
@@ -92,20 +112,38 @@ def check_classification_inputs(
 def check_probabilities(probs: torch.Tensor, target: torch.Tensor, atol: float = 1e-3) -> None:
     """Check ``(N, C)`` class probabilities against ``(N,)`` int64 targets.
 
+    Each row must sum to 1 within ``atol`` plus the machine epsilon of ``probs``' dtype (0.0078 for bfloat16,
+    0.00098 for float16, 1.2e-7 for float32): rounding each of a row's probabilities to the dtype moves its
+    sum by up to half that epsilon (a bfloat16 softmax of 256 x 100 logits of standard deviation 5 has rows
+    summing to 1 +- 0.003), and normalising in the dtype itself (``p / p.sum()``) by up to about the epsilon.
+    The sums are accumulated in :func:`working_dtype` (float32 or wider), never rounded to 16 bits.
+
     Raises:
         ValueError: as :func:`check_classification_inputs`, or when a probability lies outside
-            ``[0, 1]`` or a row does not sum to 1 within ``atol``.
+            ``[0, 1]`` or a row does not sum to 1 within that tolerance.
+
+    Example:
+        A row summing to 1 - 2^-8, the bfloat16 number next below 1: accepted in bfloat16, not in float64.
+
+        >>> probs = torch.tensor([[0.5, 0.25, 0.24609375]], dtype=torch.bfloat16)
+        >>> check_probabilities(probs, torch.tensor([0]))
+        >>> check_probabilities(probs.double(), torch.tensor([0]))
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected each row of `probs` to sum to 1 (within 0.001), but a row sums to 0.996094
     """
     check_classification_inputs(probs, target, input_name="probs")
-    if probs.min() < 0 or probs.max() > 1:
+    lo, hi = torch.aminmax(probs)
+    if lo < 0 or hi > 1:
         raise ValueError(
-            f"Expected `probs` in [0, 1], but got values in [{probs.min().item():.4g}, {probs.max().item():.4g}]"
+            f"Expected `probs` in [0, 1], but got values in [{lo.item():.4g}, {hi.item():.4g}]"
             " (pass softmax(logits), not logits)"
         )
-    sums = probs.sum(dim=1)
-    worst = (sums - 1).abs().max()
-    if worst > atol:
+    sums = probs.sum(dim=1, dtype=working_dtype(probs.dtype))
+    tol = atol + torch.finfo(probs.dtype).eps
+    error = (sums - 1).abs()
+    if error.max() > tol:
         raise ValueError(
-            f"Expected each row of `probs` to sum to 1 (within {atol}), but a row sums to "
-            f"{sums[(sums - 1).abs().argmax()].item():.6g}"
+            f"Expected each row of `probs` to sum to 1 (within {tol:.2g}), but a row sums to "
+            f"{sums[error.argmax()].item():.6g}"
         )

@@ -3,10 +3,12 @@
     python scripts/compare.py outputs/multirun/2026-01-01/12-00-00.000000
     python scripts/compare.py SWEEP_A SWEEP_B --metrics acc ece ece_ts smece --by loss,loss.gamma --ref loss=ce
 
-Jobs. A job is any folder under the given folders that holds a ``.hydra/`` record (hidden folders are not
-searched, and nothing below a job is). Its settings are its command-line overrides (``.hydra/overrides.yaml``);
-a key that some jobs override and others do not is read from the others' own record (the group choice in
-``.hydra/hydra.yaml``, else the value in ``.hydra/config.yaml``), so ``python scripts/train.py`` and
+Jobs. A job is any folder under the given folders that holds a ``.hydra/`` record, and every job a sweep recorded
+(:func:`ceexp.runs.find_runs`: symbolic links are followed, a folder reached twice is read once, hidden folders
+are not searched, and nothing below a job is). Run folders are read through :mod:`ceexp.runs`. Its settings are
+its command-line overrides (``.hydra/overrides.yaml``); a key that some jobs override and others do not is read
+from the others' own record (the group choice in ``.hydra/hydra.yaml``, else the value in
+``.hydra/config.yaml``), so ``python scripts/train.py`` and
 ``python scripts/train.py loss=ce`` are the same setting. Its result is ``metrics.json``: only ``completed``
 jobs enter the statistics; the others (``failed``, ``interrupted``, ``running``, or ``unknown`` when there is
 no readable ``metrics.json``) are listed with their error line, never dropped silently.
@@ -36,6 +38,13 @@ none for mean confidence; lowest for every other metric.
 Published numbers. When the jobs' composed config has an ``expected:`` block (``source``, ``key``, ``values``:
 setting of ``key`` -> tag -> published value), a second table sets each matching group's mean and interval
 beside the published value.
+
+Comparability. Values measured differently are not ranked against each other: a binned metric (ECE, MCE,
+AdaECE, classwise ECE, debiased ECE, with or without ``_ts``) of runs with different ``n_bins``, and any metric of
+runs on different test splits (their ``predictions.npz`` test labels differ; without predictions, their data set
+or a data setting other than the training-only ones, :data:`TRAINING_ONLY_DATA`). One line says which groups
+differ in what; marks are given within each set of groups measured alike, differences only to groups measured
+like the reference. Figure labels give the runs' own bins.
 
 Reliability diagram per group. The group's figure tiles the diagrams the runs drew themselves
 (``reliability_diagram.png``: test split before and after temperature scaling), one tile per run,
@@ -89,6 +98,13 @@ DEFAULT_METRICS = (
 )
 # keys never used to group: the seed is what a group averages over; resume=DIR continues the same run
 NOT_GROUPED = ("seed", "resume")
+# metrics whose value depends on the number of bins (n_bins): not comparable across runs with different n_bins
+BINNED_METRICS = ("ece", "mce", "rmsce", "adaece", "cwece", "ece_debiased")
+_UNBINNED = ("ece_signed",)  # = mean confidence - accuracy, whatever the bins
+# data settings that change the training data only, not the test split (used when a run has no predictions.npz
+# whose test labels would say)
+TRAINING_ONLY_DATA = ("batch_size", "imbalance_ratio", "label_noise", "augment", "on_device", "download", "root",
+                      "mirrors", "num_workers", "pin_memory")
 CURVE_TAG = "val/nll"
 FIGURES_DIR = "comparison"
 _ABSENT = object()
@@ -182,29 +198,22 @@ class Job:
 
     @cached_property
     def _choices(self) -> dict:
-        import yaml
+        from ceexp.runs import read_choices
 
-        try:
-            hydra_cfg = yaml.safe_load((self.path / ".hydra" / "hydra.yaml").read_text()) or {}
-            return dict(hydra_cfg.get("hydra", {}).get("runtime", {}).get("choices") or {})
-        except (OSError, ValueError, AttributeError, yaml.YAMLError):
-            return {}
+        return read_choices(self.path)
 
     @cached_property
     def _config(self):
-        from omegaconf import OmegaConf
+        from ceexp.runs import read_config
 
-        try:
-            return OmegaConf.load(self.path / ".hydra" / "config.yaml")
-        except Exception:  # noqa: BLE001 - a missing or broken record: no value to fall back on
-            return None
+        return read_config(self.path)
 
     @property
     def has_predictions(self) -> bool:
         """Whether the run left a ``predictions.npz`` (read it with :meth:`predictions`)."""
-        from ceexp.runs import PREDICTIONS
+        from ceexp.runs import has_predictions
 
-        return (self.path / PREDICTIONS).is_file()
+        return has_predictions(self.path)
 
     def predictions(self) -> dict:
         """The run's ``predictions.npz`` arrays (``ceexp.runs.read_predictions``).
@@ -218,6 +227,28 @@ class Job:
             return read_predictions(self.path)
         except (OSError, ValueError) as e:
             raise CompareError(f"{self.name}: " + " ".join(str(e).split())) from e
+
+    @cached_property
+    def test_labels(self) -> tuple | None:
+        """``("labels", SHA-1 of the test labels)`` of ``predictions.npz``: equal for runs tested on the same
+        split; ``None`` without predictions."""
+        import hashlib
+
+        if not self.has_predictions:
+            return None
+        import numpy as np
+
+        labels = np.ascontiguousarray(self.predictions()["test_labels"], dtype=np.int64)
+        return ("labels", hashlib.sha1(labels.tobytes()).hexdigest())
+
+    @cached_property
+    def data_setting(self) -> tuple:
+        """``("data", choice, ((key, value), ...))``: the data set and the settings that define its test split."""
+        block = self.config_block("data")
+        settings = tuple(sorted((str(k), _canonical(v)) for k, v in (block or {}).items()
+                                if k not in TRAINING_ONLY_DATA)) if isinstance(block, dict) else ()
+        choice = self.overrides.get("data", self._choices.get("data"))  # the group's option, not its values
+        return ("data", None if choice is None else _canonical(choice), settings)
 
     @property
     def n_bins(self) -> int:
@@ -255,42 +286,28 @@ class Job:
         return _ABSENT
 
 
-def _natural(name: str) -> tuple:
-    """Sort key: Hydra job folders ``<num>_<overrides>`` by number (``10_`` after ``9_``), the rest by name."""
-    m = re.match(r"(\d+)_", name)
-    return (0, int(m.group(1)), name) if m else (1, 0, name)
-
-
 def read_job(path: Path, name: str) -> Job:
-    """Read one job folder's overrides and ``metrics.json``."""
-    import yaml
+    """Read one job folder's overrides and ``metrics.json`` (through :mod:`ceexp.runs`)."""
+    from ceexp.runs import read_metrics, read_overrides
 
-    from ceexp.files import read_json
-
+    job = Job(path=path, name=name, overrides=_parse_overrides(read_overrides(path)))
     try:
-        lines = yaml.safe_load((path / ".hydra" / "overrides.yaml").read_text()) or []
-    except (OSError, yaml.YAMLError):
-        lines = []
-    job = Job(path=path, name=name, overrides=_parse_overrides(lines))
-    metrics_file = path / "metrics.json"
-    if not metrics_file.is_file():
+        job.record = read_metrics(path)
+    except FileNotFoundError:
         job.problem = "no metrics.json (not started, still starting, or killed)"
-    else:
-        try:
-            job.record = read_json(metrics_file)
-            if not isinstance(job.record, dict):
-                raise ValueError("not a JSON object")
-        except (OSError, ValueError) as e:
-            job.record, job.problem = {}, f"metrics.json unreadable: {e}"
+    except (OSError, ValueError) as e:
+        job.problem = str(e)
     return job
 
 
 def find_jobs(dirs: Sequence[str | Path]) -> list[Job]:
-    """Every job folder (one holding ``.hydra/``) under ``dirs``, in sweep order (job number), without repeats.
+    """Every job folder under ``dirs`` (:func:`ceexp.runs.find_runs`: symbolic links followed, a sweep's recorded
+    jobs first), in sweep order (job number), without repeats.
 
     Raises:
         CompareError: a folder that does not exist, or no job folder under any of them.
     """
+    from ceexp.runs import find_runs
     jobs: list[Job] = []
     seen: set[Path] = set()
     for d in map(Path, dirs):
@@ -300,17 +317,12 @@ def find_jobs(dirs: Sequence[str | Path]) -> list[Job]:
         if not d.is_dir():
             raise CompareError(f"{d} is not a folder: expected a sweep folder or a folder of runs")
         prefix = f"{d.name}/" if len(dirs) > 1 else ""
-        for root, subdirs, _ in os.walk(d):
-            root_path = Path(root)
-            if (root_path / ".hydra").is_dir():
-                subdirs[:] = []  # nothing below a job is another job (checkpoints/, ...)
-                resolved = root_path.resolve()
-                if resolved not in seen:
-                    seen.add(resolved)
-                    rel = root_path.relative_to(d).as_posix()
-                    jobs.append(read_job(root_path, prefix + (rel if rel != "." else d.name)))
-                continue
-            subdirs[:] = sorted((s for s in subdirs if not s.startswith(".") and s != FIGURES_DIR), key=_natural)
+        for path in find_runs(d, skip=(FIGURES_DIR,)):
+            resolved = path.resolve()
+            if resolved not in seen:
+                seen.add(resolved)
+                rel = Path(os.path.relpath(path, d)).as_posix()
+                jobs.append(read_job(path, prefix + (rel if rel != "." else d.name)))
     if not jobs:
         where = ", ".join(str(d) for d in dirs)
         raise CompareError(f"no job folders (folders with .hydra/) under {where}: expected a sweep folder "
@@ -337,6 +349,15 @@ def best_direction(tag: str) -> str | None:
     if base in ("confidence", "epoch", "step"):
         return None
     return "min"
+
+
+def is_binned(tag: str) -> bool:
+    """Whether ``tag`` depends on ``n_bins`` (``test/ece``, ``test/ece_ts``, ``val/adaece``...; not
+    ``test/ece_signed``, ``test/smece``, ``test/nll``)."""
+    name = tag.partition("/")[2] or tag
+    if any(name == m or name.startswith(m + "_") for m in _UNBINNED):
+        return False
+    return any(name == m or name.startswith(m + "_") for m in BINNED_METRICS)
 
 
 def short_name(tag: str) -> str:
@@ -403,6 +424,9 @@ class Comparison:
         ref: index of the reference group of the differences.
         analysis: the statistics (:class:`ceexp.stats.Analysis`) of ``metrics`` and of the published tags.
         published: the rows of the published-numbers table (empty without an ``expected:`` block).
+        comparability: one line saying which groups' metrics were measured differently (other ``n_bins``,
+            another test split) and so are ranked and differenced only within groups measured alike; ``""``
+            when all are alike.
         notes: what the figures left out.
         footer: how the statistics were made, and their caveats (printed under the tables).
     """
@@ -418,6 +442,7 @@ class Comparison:
     ref: int
     analysis: Any
     published: list[Published] = field(default_factory=list)
+    comparability: str = ""
     notes: list[str] = field(default_factory=list)
     footer: list[str] = field(default_factory=list)
 
@@ -585,6 +610,57 @@ def _expected_blocks(groups: list[Group]) -> tuple[dict[int, tuple[str, dict]], 
     return out, notes
 
 
+def _comparability(groups: Sequence[Group], tags: Sequence[str]) -> tuple[dict[str, list], str]:
+    """Per tag, each group's comparability class for :func:`ceexp.stats.analyse` (``(test set, n_bins)`` for a
+    binned tag, ``(test set, None)`` otherwise; ``None`` for a group whose runs differ in it), and one line naming
+    what differs between groups (``""`` when nothing does)."""
+    live = [i for i, g in enumerate(groups) if g.completed]
+    # the test split: the runs' test labels where every run has them, else their data settings
+    by_labels = all(job.test_labels is not None for i in live for job in groups[i].completed)
+    tests = {i: list(dict.fromkeys(job.test_labels if by_labels else job.data_setting
+                                   for job in groups[i].completed)) for i in live}
+    bins = {i: sorted({job.n_bins for job in groups[i].completed}) for i in live}
+    classes: dict[str, list] = {}
+    for tag in tags:
+        per_group: list = [None] * len(groups)
+        for i in live:
+            if len(tests[i]) == 1 and (len(bins[i]) == 1 or not is_binned(tag)):
+                per_group[i] = (tests[i][0], bins[i][0] if is_binned(tag) else None)
+        ref_like = next((per_group[i] for i in live if per_group[i] is not None), None)
+        for i in range(len(groups)):
+            if i not in live:
+                per_group[i] = ref_like  # no values: nothing to rank, no note
+        classes[tag] = per_group
+
+    label = [g.label for g in groups]
+    parts = []
+    single_tests = list(dict.fromkeys(tests[i][0] for i in live if len(tests[i]) == 1))
+    if len(single_tests) > 1:
+        parts.append("every metric: " + " vs ".join(
+            f"test split {k + 1} ({', '.join(label[i] for i in live if tests[i] == [t])})"
+            for k, t in enumerate(single_tests)))
+    binned = [short_name(t) for t in tags if is_binned(t)]
+    single_bins = sorted({bins[i][0] for i in live if len(bins[i]) == 1})
+    if binned and len(single_bins) > 1:
+        parts.append(f"{', '.join(binned)}: " + " vs ".join(
+            f"n_bins {b} ({', '.join(label[i] for i in live if bins[i] == [b])})" for b in single_bins))
+    mixed = [label[i] for i in live if len(tests[i]) > 1 or (binned and len(bins[i]) > 1)]
+    if mixed:
+        parts.append(f"{', '.join(mixed)} mix runs measured differently (not ranked)")
+    if not parts:
+        return classes, ""
+    return classes, ("not ranked against each other, measured with different settings: " + "; ".join(parts)
+                     + "; marks and differences are within groups measured alike")
+
+
+def _bins_text(cmp: Comparison) -> str:
+    """The bins of the runs' ECE, for figure labels: ``15 equal-width bins`` (or which, when they differ)."""
+    values = sorted({job.n_bins for g in cmp.groups for job in g.completed})
+    if len(values) == 1:
+        return f"{values[0]} equal-width bins"
+    return f"equal-width bins: n_bins {' or '.join(map(str, values))} by group, not comparable"
+
+
 def compare(
     dirs: Sequence[str | Path],
     metrics: Sequence[str] | None = None,
@@ -640,12 +716,13 @@ def compare(
     extra = [t for _, (_, row) in sorted(expected.items()) for t in row
              if t not in chosen and (t in recorded or tag_metric(t) is not None)]
     tags = [*chosen, *dict.fromkeys(extra)]
+    classes, comparability = _comparability(group_list, tags)
     runs = [[stats.Run(key=_run_key(job, list(inner)), values={t: job.metric(t) for t in tags},
                        predictions=job.predictions if job.has_predictions else None, n_bins=job.n_bins,
                        name=job.name) for job in g.completed] for g in group_list]
     analysis = stats.analyse(runs, tags, ref_index, {t: best_direction(t) for t in tags},
                              stats.Settings(n_resamples=n_resamples, seed=seed,
-                                            loop_resamples=min(n_resamples, LOOP_RESAMPLES)))
+                                            loop_resamples=min(n_resamples, LOOP_RESAMPLES)), classes)
 
     columns = pd.MultiIndex.from_tuples([(t, s) for t in chosen for s in ("mean", "std", "n")])
     table = pd.DataFrame([[x for t in chosen for x in (analysis.tags[t].mean[i], analysis.tags[t].std[i],
@@ -658,7 +735,8 @@ def compare(
             mean, low, high = (st.mean[i], st.ci_low[i], st.ci_high[i]) if st is not None else (math.nan,) * 3
             published.append(Published(source, i, tag, value, float(mean), float(low), float(high)))
     cmp = Comparison(dirs=dirs, jobs=jobs, keys=keys, common=common, inner=inner, groups=group_list,
-                     metrics=chosen, table=table, ref=ref_index, analysis=analysis, published=published)
+                     metrics=chosen, table=table, ref=ref_index, analysis=analysis, published=published,
+                     comparability=comparability)
     cmp.footer = _footer(cmp) + expected_notes
     return cmp
 
@@ -875,6 +953,8 @@ def print_table(cmp: Comparison, console=None) -> None:
         table.add_row(*keys, *rendered)
     for line in _settings_lines(cmp):
         console.print(line, markup=False, highlight=False)
+    if cmp.comparability:
+        console.print(cmp.comparability, markup=False, highlight=False)
     console.print(table)
     if len(cmp.groups) > 1:
         diffs = Table(title=escape(f"Difference to {cmp.groups[cmp.ref].label} (the reference): mean difference "
@@ -928,7 +1008,7 @@ def to_markdown(cmp: Comparison, figures: Sequence[tuple[str, str]] = ()) -> str
     completed = len(cmp.jobs) - len(cmp.not_completed)
     lines.append(f"{len(cmp.jobs)} jobs: {completed} completed, {len(cmp.not_completed)} left out "
                  f"(listed below). Grouped by {', '.join(cmp.keys) or 'nothing (one group)'}.")
-    settings = _settings_lines(cmp, code="`")
+    settings = _settings_lines(cmp, code="`") + ([f"**{cmp.comparability}**"] if cmp.comparability else [])
     if settings:
         lines += ["", *(f"- {line}" for line in settings)]
     rows = []
@@ -1050,7 +1130,7 @@ def _draw_figures(cmp: Comparison, out: Path) -> list[tuple[str, str]]:
     if have("test/acc", "test/ece"):
         points = [(g.label, c, 100 * values(g, "test/acc"), 100 * values(g, "test/ece")) for g, c in live]
         plots.save_scatter(out / "ece_vs_acc.png", points, "Test ECE against test accuracy (one point per run)",
-                           "test accuracy (%)", "test ECE (%, 15 equal-width bins)")
+                           "test accuracy (%)", f"test ECE (%, {_bins_text(cmp)})")
         drawn.append(("ece_vs_acc.png", "Test ECE against accuracy"))
     else:
         cmp.notes.append("test/acc or test/ece missing in some group: ece_vs_acc.png not drawn")
@@ -1064,7 +1144,7 @@ def _draw_figures(cmp: Comparison, out: Path) -> list[tuple[str, str]]:
             pairs.append((g.label, c, 100 * values(g, "test/ece"), 100 * values(g, "test/ece_ts"), note))
         plots.save_paired_bars(
             out / "ece_temperature_scaling.png", pairs, ("before temperature scaling", "after temperature scaling"),
-            "Test ECE before and after temperature scaling", "test ECE (%, 15 equal-width bins)",
+            "Test ECE before and after temperature scaling", f"test ECE (%, {_bins_text(cmp)})",
             subtitle="bars: mean over runs; dots: runs; T: mean fitted temperature")
         drawn.append(("ece_temperature_scaling.png", "Test ECE before and after temperature scaling"))
     else:

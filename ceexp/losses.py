@@ -9,6 +9,22 @@ Per-sample values are in nats (focal, FLSD-53) or in squared probability (Brier)
 ``reduction`` is one of ``"none"`` (shape ``(N,)``), ``"mean"`` or ``"sum"`` (scalars); samples whose target
 equals ``ignore_index`` contribute 0 and do not count in the mean's denominator (a batch in which every
 target is ignored gives a NaN mean and a zero gradient, as ``F.cross_entropy`` does).
+
+Reduced precision: every loss computes in float32 or wider whatever the logits' dtype
+(:func:`ceexp.checks.working_dtype`), and returns that dtype: float32 for float16 or bfloat16 logits, inside
+``torch.autocast`` or not (as autocast runs ``F.cross_entropy``), the logits' own dtype for float32 and float64.
+A float16 mean or sum would overflow past 65,504 (20,000 samples at 5 nats), a bfloat16 one keep three digits.
+The gradient reaches 16-bit logits in their own dtype, rounded once from the float32 gradient. torch's
+``nn.CrossEntropyLoss`` computes in float32 under autocast (Lightning's ``"bf16-mixed"``, ``"16-mixed"``) but in
+the logits' dtype outside it (``"16-true"``: a float16 sum past 65,504 is inf): give it ``logits.float()`` there.
+
+>>> logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.bfloat16, requires_grad=True)
+>>> loss = FocalLoss(gamma=0.0)(logits, torch.tensor([0, 1]))
+>>> loss.dtype, round(loss.item(), 4)
+(torch.float32, 0.3955)
+>>> loss.backward()
+>>> logits.grad.dtype
+torch.bfloat16
 """
 
 from __future__ import annotations
@@ -21,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from ceexp.checks import check_choice, check_classification_inputs, check_non_negative
+from ceexp.checks import check_choice, check_classification_inputs, check_non_negative, working_dtype
 
 __all__ = [
     "BrierLoss",
@@ -179,17 +195,19 @@ def _focal(
     ignore_index: int,
     gamma_switch: tuple | None = None,
 ) -> torch.Tensor:
-    """The focal kernel shared by the focal and FLSD-53 losses.
+    """The focal kernel shared by the focal and FLSD-53 losses, in the working dtype (``alpha`` already in it).
 
     ``gamma`` is a float, or None together with ``gamma_switch = (threshold, gamma_low, gamma_high)`` to use
     ``gamma_low`` where ``p_y < threshold`` and ``gamma_high`` elsewhere.
     """
+    logits = logits.to(working_dtype(logits.dtype))  # a no-op for float32 and float64
     keep, safe_target = _keep_and_safe_target(target, ignore_index)
     weight = keep if alpha is None else alpha[safe_target] * keep  # a bool mask multiplies as 0 / 1
     return _Focal.apply(logits, safe_target, weight, keep, gamma, gamma_switch, reduction)
 
 
 def _brier(logits: torch.Tensor, target: torch.Tensor, reduction: str, ignore_index: int) -> torch.Tensor:
+    logits = logits.to(working_dtype(logits.dtype))
     keep, safe_target = _keep_and_safe_target(target, ignore_index)
     probs = F.log_softmax(logits, dim=1).exp()
     diff = probs - F.one_hot(safe_target, logits.shape[1]).to(probs.dtype)
@@ -225,7 +243,7 @@ def focal_loss(
     ``Losses/focal_loss.py``) is this form with ``alpha=None`` and ``reduction="sum"``.
 
     Args:
-        logits: ``(N, C)`` unnormalised scores, floating dtype, finite.
+        logits: ``(N, C)`` unnormalised scores, floating dtype (16-bit ones are computed in float32), finite.
         target: ``(N,)`` int64 class indices in ``[0, C)`` or equal to ``ignore_index``.
         gamma: focusing parameter, a finite number ``>= 0``.
         alpha: class weights: None (all 1); a sequence or tensor of ``C`` weights ``>= 0``; or a float in
@@ -237,7 +255,8 @@ def focal_loss(
         ignore_index: targets equal to it contribute 0 and are left out of the mean's denominator.
 
     Returns:
-        The loss in nats, in ``logits.dtype``: shape ``(N,)`` for ``"none"``, else a scalar.
+        The loss in nats, shape ``(N,)`` for ``"none"``, else a scalar; float32 for float16 or bfloat16
+        logits, else ``logits.dtype``.
 
     Raises:
         ValueError: on a bad ``gamma``, ``alpha``, ``reduction`` or ``ignore_index``; on a float ``alpha`` with
@@ -252,8 +271,9 @@ def focal_loss(
     check_choice("reduction", reduction, _REDUCTIONS)
     _check_int("ignore_index", ignore_index)
     check_classification_inputs(logits, target, "logits", ignore_index)
-    alpha = _prepare_alpha(alpha, dtype=logits.dtype)  # straight to the logits' dtype: no float32 round trip
-    weights = _alpha_per_class(alpha, logits.shape[1], logits.dtype, logits.device)
+    dtype = working_dtype(logits.dtype)
+    alpha = _prepare_alpha(alpha, dtype=dtype)  # straight to the working dtype: no float32 round trip
+    weights = _alpha_per_class(alpha, logits.shape[1], dtype, logits.device)
     return _focal(logits, target, float(gamma), weights, reduction, ignore_index)
 
 
@@ -279,7 +299,7 @@ def sample_dependent_focal_loss(
     ``reduction="sum"``.
 
     Args:
-        logits: ``(N, C)`` unnormalised scores, floating dtype, finite.
+        logits: ``(N, C)`` unnormalised scores, floating dtype (16-bit ones are computed in float32), finite.
         target: ``(N,)`` int64 class indices in ``[0, C)`` or equal to ``ignore_index``.
         gamma_low: gamma for samples with ``p_y < threshold``, a finite number ``>= 0``.
         gamma_high: gamma for the other samples, a finite number ``>= 0``.
@@ -288,7 +308,8 @@ def sample_dependent_focal_loss(
         ignore_index: targets equal to it contribute 0 and are left out of the mean's denominator.
 
     Returns:
-        The loss in nats, in ``logits.dtype``: shape ``(N,)`` for ``"none"``, else a scalar.
+        The loss in nats, shape ``(N,)`` for ``"none"``, else a scalar; float32 for float16 or bfloat16
+        logits, else ``logits.dtype``.
 
     Raises:
         ValueError: on a bad ``gamma_low``, ``gamma_high``, ``threshold``, ``reduction`` or ``ignore_index``,
@@ -320,13 +341,14 @@ def brier_loss(
     sum over the batch.
 
     Args:
-        logits: ``(N, C)`` unnormalised scores, floating dtype, finite.
+        logits: ``(N, C)`` unnormalised scores, floating dtype (16-bit ones are computed in float32), finite.
         target: ``(N,)`` int64 class indices in ``[0, C)`` or equal to ``ignore_index``.
         reduction: ``"none"``, ``"mean"`` (over non-ignored samples) or ``"sum"``.
         ignore_index: targets equal to it contribute 0 and are left out of the mean's denominator.
 
     Returns:
-        Squared probability error (unitless), in ``logits.dtype``: shape ``(N,)`` for ``"none"``, else a scalar.
+        Squared probability error (unitless), shape ``(N,)`` for ``"none"``, else a scalar; float32 for float16
+        or bfloat16 logits, else ``logits.dtype``.
 
     Raises:
         ValueError: on a bad ``reduction`` or ``ignore_index``, or on inputs refused by
@@ -346,7 +368,8 @@ class FocalLoss(nn.Module):
     """Softmax focal loss (Lin et al. 2017) as a module; see :func:`focal_loss` for the definition and arguments.
 
     A sequence ``alpha`` is kept as the buffer ``alpha`` (torch's default dtype unless given as a floating
-    tensor) so that it follows ``.to(device)`` and ``.double()``; it is cast to the logits' dtype at each call.
+    tensor) so that it follows ``.to(device)`` and ``.double()``; it is cast to the working dtype of the logits
+    (float32 for 16-bit logits) at each call.
     """
 
     def __init__(self, gamma: float = 2.0, alpha: Alpha = None, reduction: str = "mean", ignore_index: int = -100):
@@ -365,7 +388,7 @@ class FocalLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         check_classification_inputs(logits, target, "logits", self.ignore_index)
-        weights = _alpha_per_class(self.alpha, logits.shape[1], logits.dtype, logits.device)
+        weights = _alpha_per_class(self.alpha, logits.shape[1], working_dtype(logits.dtype), logits.device)
         return _focal(logits, target, self.gamma, weights, self.reduction, self.ignore_index)
 
     def extra_repr(self) -> str:

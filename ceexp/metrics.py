@@ -18,8 +18,15 @@ statistics to its states, which are summed across processes) and 4 in ``compute`
 Binning. Equal-width bins split ``[0, 1]`` at ``b / n_bins``; bin ``b`` holds the confidences in
 ``(b / n_bins, (b + 1) / n_bins]``, except that a confidence of exactly 0 goes in the first bin (and exactly 1
 in the last, which it already is under that rule). torchmetrics' calibration error instead gives a
-confidence of exactly 1 an extra bin of its own; ceexp does not. Per-bin statistics are accumulated in
-float64; functional forms return a 0-dim tensor of ``probs``' dtype, ``Metric.compute`` a float64 one.
+confidence of exactly 1 an extra bin of its own; ceexp does not. The edges are rounded to ``probs``' dtype, so a
+bfloat16 confidence of 0.6 (0.6015625) sits on the bfloat16 edge 0.6 and joins the bin below it.
+
+Dtypes. ``probs`` may be float16, bfloat16, float32 or float64. Every sum and mean (per-bin statistics, the
+Brier score, accuracy, mean confidence, the ``Metric`` states) is accumulated in float64, the kernel sums of
+smECE too, the NLL in float32 or wider (:func:`ceexp.checks.working_dtype`), and the row-sum check in float32 or
+wider with a tolerance that allows for 16-bit rounding (:func:`ceexp.checks.check_probabilities`), so a 16-bit
+softmax is accepted, inside ``torch.autocast`` or not. A functional form returns a 0-dim tensor of the working
+dtype of its input: float32 for float16 or bfloat16, else the input's own dtype; ``Metric.compute`` a float64 one.
 
 Equal-mass bins (AdaECE, the debiased ECE) cut the sorted top-label confidences into ``n_bins`` contiguous
 chunks of the sizes ``numpy.array_split`` gives, except that a block of equal confidences is never split: it
@@ -44,7 +51,13 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from ceexp.checks import check_choice, check_classification_inputs, check_positive_int, check_probabilities
+from ceexp.checks import (
+    check_choice,
+    check_classification_inputs,
+    check_positive_int,
+    check_probabilities,
+    working_dtype,
+)
 
 __all__ = [
     "METRIC_FUNCTIONS",
@@ -61,7 +74,6 @@ __all__ = [
     "classwise_calibration_error",
     "debiased_ece",
     "expected_calibration_error",
-    "mean_confidence",
     "nats_to_bits",
     "negative_log_likelihood",
     "reliability_bins",
@@ -128,7 +140,8 @@ def _bin_index(values: Tensor, n_bins: int) -> Tensor:
 
     ``bucketize(right=False)`` against the inner edges returns ``i`` with ``inner[i-1] < v <= inner[i]``:
     a value on an edge joins the bin below it, 0 lands in bin 0 and 1 (above every inner edge) in the last.
-    Edges are taken in ``values``' dtype so that a float32 0.6 is compared with a float32 0.6.
+    Edges are taken in ``values``' dtype so that a float32 0.6 is compared with a float32 0.6 (and a bfloat16
+    0.6, 0.6015625, with a bfloat16 0.6).
     """
     inner = bin_edges(n_bins, dtype=values.dtype, device=values.device)[1:-1]
     return torch.bucketize(values, inner, right=False)
@@ -432,7 +445,8 @@ def expected_calibration_error(probs: Tensor, target: Tensor, n_bins: int = 15, 
         norm: ``"l1"`` (ECE), ``"l2"`` (RMSCE) or ``"max"`` (MCE).
 
     Returns:
-        A 0-dim tensor of ``probs``' dtype, in units of probability, in ``[0, 1]``.
+        A 0-dim tensor in units of probability, in ``[0, 1]``: float32 for float16 or
+        bfloat16 ``probs``, else ``probs``' dtype.
 
     Raises:
         ValueError: if ``n_bins`` is not a positive integer, ``norm`` is not one of ``"l1"``, ``"l2"``,
@@ -456,7 +470,7 @@ def expected_calibration_error(probs: Tensor, target: Tensor, n_bins: int = 15, 
     _binning_arg_validation(n_bins, norm)
     check_probabilities(probs, target)
     count, conf_sum, hit_sum = _calibration_error_update(probs, target, n_bins)
-    return _calibration_error_compute(count, conf_sum, hit_sum, norm).to(probs.dtype)
+    return _calibration_error_compute(count, conf_sum, hit_sum, norm).to(working_dtype(probs.dtype))
 
 
 def adaptive_calibration_error(probs: Tensor, target: Tensor, n_bins: int = 15) -> Tensor:
@@ -479,7 +493,8 @@ def adaptive_calibration_error(probs: Tensor, target: Tensor, n_bins: int = 15) 
         n_bins: number of equal-mass bins.
 
     Returns:
-        A 0-dim tensor of ``probs``' dtype, in units of probability, in ``[0, 1]``.
+        A 0-dim tensor in units of probability, in ``[0, 1]``: float32 for float16 or
+        bfloat16 ``probs``, else ``probs``' dtype.
 
     Raises:
         ValueError: if ``n_bins`` is not a positive integer or ``probs`` / ``target`` fail
@@ -510,7 +525,7 @@ def adaptive_calibration_error(probs: Tensor, target: Tensor, n_bins: int = 15) 
     _binning_arg_validation(n_bins)
     check_probabilities(probs, target)
     confidence, correct = _top_label(probs, target)
-    return _adaptive_calibration_error_compute(confidence, correct, n_bins).to(probs.dtype)
+    return _adaptive_calibration_error_compute(confidence, correct, n_bins).to(working_dtype(probs.dtype))
 
 
 def smooth_ece(probs: Tensor, target: Tensor) -> Tensor:
@@ -537,7 +552,8 @@ def smooth_ece(probs: Tensor, target: Tensor) -> Tensor:
         target: ``(N,)`` int64 class indices in ``[0, C)``.
 
     Returns:
-        A 0-dim tensor of ``probs``' dtype, in units of probability, in ``[0, 1]`` (computed in float64).
+        A 0-dim tensor in units of probability, in ``[0, 1]`` (computed in float64): float32 for float16 or
+        bfloat16 ``probs``, else ``probs``' dtype.
 
     Raises:
         ValueError: if ``probs`` / ``target`` fail :func:`ceexp.checks.check_probabilities`.
@@ -564,7 +580,7 @@ def smooth_ece(probs: Tensor, target: Tensor) -> Tensor:
     """
     check_probabilities(probs, target)
     confidence, correct = _top_label(probs, target)
-    return _smooth_ece_compute(confidence, correct).to(probs.dtype)
+    return _smooth_ece_compute(confidence, correct).to(working_dtype(probs.dtype))
 
 
 def debiased_ece(probs: Tensor, target: Tensor, n_bins: int = 15) -> Tensor:
@@ -592,7 +608,8 @@ def debiased_ece(probs: Tensor, target: Tensor, n_bins: int = 15) -> Tensor:
         n_bins: number of equal-mass bins.
 
     Returns:
-        A 0-dim tensor of ``probs``' dtype, in units of probability, in ``[0, 1]``.
+        A 0-dim tensor in units of probability, in ``[0, 1]``: float32 for float16 or
+        bfloat16 ``probs``, else ``probs``' dtype.
 
     Raises:
         ValueError: if ``n_bins`` is not a positive integer or ``probs`` / ``target`` fail
@@ -616,7 +633,7 @@ def debiased_ece(probs: Tensor, target: Tensor, n_bins: int = 15) -> Tensor:
     _binning_arg_validation(n_bins)
     check_probabilities(probs, target)
     confidence, correct = _top_label(probs, target)
-    return _debiased_compute(*_equal_mass_sums(confidence, correct, n_bins)).to(probs.dtype)
+    return _debiased_compute(*_equal_mass_sums(confidence, correct, n_bins)).to(working_dtype(probs.dtype))
 
 
 def signed_ece(probs: Tensor, target: Tensor, n_bins: int = 15) -> Tensor:
@@ -638,7 +655,8 @@ def signed_ece(probs: Tensor, target: Tensor, n_bins: int = 15) -> Tensor:
         n_bins: number of equal-width bins over ``[0, 1]`` (no effect on the value, see above).
 
     Returns:
-        A 0-dim tensor of ``probs``' dtype, in units of probability, in ``[-1, 1]``.
+        A 0-dim tensor in units of probability, in ``[-1, 1]``: float32 for float16 or
+        bfloat16 ``probs``, else ``probs``' dtype.
 
     Raises:
         ValueError: if ``n_bins`` is not a positive integer or ``probs`` / ``target`` fail
@@ -658,7 +676,7 @@ def signed_ece(probs: Tensor, target: Tensor, n_bins: int = 15) -> Tensor:
     """
     _binning_arg_validation(n_bins)
     check_probabilities(probs, target)
-    return _signed_compute(*_calibration_error_update(probs, target, n_bins)).to(probs.dtype)
+    return _signed_compute(*_calibration_error_update(probs, target, n_bins)).to(working_dtype(probs.dtype))
 
 
 def classwise_calibration_error(probs: Tensor, target: Tensor, n_bins: int = 15) -> Tensor:
@@ -677,7 +695,8 @@ def classwise_calibration_error(probs: Tensor, target: Tensor, n_bins: int = 15)
         n_bins: number of equal-width bins over ``[0, 1]``.
 
     Returns:
-        A 0-dim tensor of ``probs``' dtype, in units of probability, in ``[0, 1]``.
+        A 0-dim tensor in units of probability, in ``[0, 1]``: float32 for float16 or
+        bfloat16 ``probs``, else ``probs``' dtype.
 
     Raises:
         ValueError: if ``n_bins`` is not a positive integer or ``probs`` / ``target`` fail
@@ -700,7 +719,7 @@ def classwise_calibration_error(probs: Tensor, target: Tensor, n_bins: int = 15)
     """
     _binning_arg_validation(n_bins)
     check_probabilities(probs, target)
-    return _classwise_compute(*_classwise_update(probs, target, n_bins)).to(probs.dtype)
+    return _classwise_compute(*_classwise_update(probs, target, n_bins)).to(working_dtype(probs.dtype))
 
 
 def brier_score(probs: Tensor, target: Tensor) -> Tensor:
@@ -711,8 +730,8 @@ def brier_score(probs: Tensor, target: Tensor) -> Tensor:
         target: ``(N,)`` int64 class indices in ``[0, C)``.
 
     Returns:
-        A 0-dim tensor of ``probs``' dtype, in squared probability, 0 for perfect one-hot predictions
-        and 2 for confident wrong ones.
+        A 0-dim tensor in squared probability, 0 for perfect one-hot predictions and 2 for confident wrong
+        ones; float32 for float16 or bfloat16 ``probs``, else ``probs``' dtype.
 
     Raises:
         ValueError: if ``probs`` / ``target`` fail :func:`ceexp.checks.check_probabilities`.
@@ -728,7 +747,7 @@ def brier_score(probs: Tensor, target: Tensor) -> Tensor:
     """
     check_probabilities(probs, target)
     total, count = _brier_update(probs, target)
-    return (total / count).to(probs.dtype)
+    return (total / count).to(working_dtype(probs.dtype))
 
 
 def reliability_bins(probs: Tensor, target: Tensor, n_bins: int = 15) -> ReliabilityBins:
@@ -775,26 +794,11 @@ def reliability_bins(probs: Tensor, target: Tensor, n_bins: int = 15) -> Reliabi
     return _reliability_compute(*_calibration_error_update(probs, target, n_bins))
 
 
-def mean_confidence(probs: Tensor) -> Tensor:
-    """Mean top-label probability ``mean_i max_c p_ic`` of ``(N, C)`` probabilities; a 0-dim tensor of their dtype.
-
-    Raises:
-        ValueError: if ``probs`` is not a non-empty ``(N, C)`` floating tensor of probabilities.
-
-    Example:
-        >>> mean_confidence(torch.tensor([[0.8, 0.2], [0.4, 0.6]]))
-        tensor(0.7000)
-    """
-    if not isinstance(probs, Tensor) or probs.ndim != 2:
-        shape = tuple(probs.shape) if isinstance(probs, Tensor) else type(probs).__name__
-        raise ValueError(f"Expected `probs` to have shape (N, C), but got {shape}")
-    # the shared check needs targets; class 0 is always in range, so only `probs` is really checked
-    check_probabilities(probs, torch.zeros(probs.shape[0], dtype=torch.int64, device=probs.device))
-    return probs.max(dim=1).values.mean()
-
-
 def negative_log_likelihood(logits: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
     """Negative log-likelihood ``-log softmax(logits)_y`` in nats: ``F.cross_entropy``, whatever the training loss.
+
+    Computed and returned in float32 or wider (:func:`ceexp.checks.working_dtype`): float32 for float16 or
+    bfloat16 logits (a float16 sum overflows past 65,504: 20,000 samples at 5 nats), else the logits' dtype.
 
     Args:
         logits: ``(N, C)`` floating unnormalised scores (not probabilities).
@@ -811,11 +815,11 @@ def negative_log_likelihood(logits: Tensor, target: Tensor, reduction: str = "me
     """
     check_choice("reduction", reduction, _REDUCTIONS)
     check_classification_inputs(logits, target, input_name="logits")
-    return F.cross_entropy(logits, target, reduction=reduction)
+    return F.cross_entropy(logits.to(working_dtype(logits.dtype)), target, reduction=reduction)
 
 
-def nats_to_bits(x: Tensor | float) -> Tensor | float:
-    """Convert an information quantity from nats to bits: ``x / ln 2``.
+def nats_to_bits(x: Tensor | np.ndarray | float) -> Tensor | np.ndarray | float:
+    """Convert an information quantity from nats to bits: ``x / ln 2`` (a tensor, array or number, same type).
 
     Example:
         >>> nats_to_bits(math.log(2))
@@ -830,12 +834,13 @@ def nats_to_bits(x: Tensor | float) -> Tensor | float:
 
 def _accuracy(probs: Tensor, target: Tensor, n_bins: int = 15) -> Tensor:
     check_probabilities(probs, target)
-    return _top_label(probs, target)[1].to(probs.dtype).mean()
+    return _top_label(probs, target)[1].to(_ACC).mean().to(working_dtype(probs.dtype))
 
 
 def _confidence(probs: Tensor, target: Tensor, n_bins: int = 15) -> Tensor:
+    """Mean top-label probability ``mean_i max_c p_ic`` (what ``CalibrationError.summary()`` calls confidence)."""
     check_probabilities(probs, target)
-    return mean_confidence(probs)
+    return _top_label(probs, target)[0].to(_ACC).mean().to(working_dtype(probs.dtype))
 
 
 def _brier(probs: Tensor, target: Tensor, n_bins: int = 15) -> Tensor:
@@ -858,10 +863,10 @@ METRIC_FUNCTIONS: dict[str, Callable[..., Tensor]] = {
     "mce": partial(expected_calibration_error, norm="max"),
     "smece": _smece,
 }
-"""Tag -> ``f(probs (N, C), target (N,), n_bins=15) -> 0-dim tensor of probs' dtype``, for every probability-based
-metric that ``ceexp.module.EvalMetrics`` logs (same tags, same values on the same samples). ``n_bins`` is passed
-positionally and ignored by the metrics without bins (``acc``, ``brier``, ``confidence``, ``smece``). NLL is
-absent: it needs logits (:func:`negative_log_likelihood`)."""
+"""Tag -> ``f(probs (N, C), target (N,), n_bins=15) -> 0-dim tensor`` (float32 for 16-bit ``probs``, else their
+dtype), for every probability-based metric that ``ceexp.module.EvalMetrics`` logs (same tags, same values on the
+same samples). ``n_bins`` is passed positionally and ignored by the metrics without bins (``acc``, ``brier``,
+``confidence``, ``smece``). NLL is absent: it needs logits (:func:`negative_log_likelihood`)."""
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -5,12 +5,17 @@ logits ``(N, C)`` and int64 targets ``(N,)``. Besides the training objective (``
 always logs the cross-entropy of the predictions (``*/nll``, nats), so runs trained with
 different objectives are compared on the same axis.
 
-``*/loss`` is the objective per sample: a loss with ``reduction="sum"`` is divided by the batch size.
+``*/loss`` is the objective per sample: a loss with ``reduction="sum"`` is divided by the batch size. Its epoch
+value is the mean that the loss's own ``"mean"`` reduction would give on the whole split at once, whatever the
+batching: each batch counts with what that reduction divides by (:func:`mean_denominator`), e.g. the sum of the
+class weights ``w_y`` of its samples for ``CrossEntropyLoss(weight=w)``, so the epoch value is
+``sum_i w_{y_i} l_i / sum_i w_{y_i}``.
 
 TensorBoard tags (x axis: the global step):
-    per step:   ``train/loss``
+    per step:   ``train/loss`` (every ``trainer.log_every_n_steps`` steps; none when it is 0)
     per epoch:  ``train/loss_epoch``, ``train/nll``, ``val/{loss,nll,nll_bits,acc,ece,mce,adaece,cwece,brier,
-                confidence,smece,ece_debiased,ece_signed}``, image ``val/reliability_diagram``
+                confidence,smece,ece_debiased,ece_signed}`` (the image ``val/reliability_diagram`` is drawn by
+                ``ceexp.callbacks.ReliabilityDiagrams`` from :attr:`ClassifierModule.val_metrics`)
     test:       ``test/*`` as for val; with a fitted temperature T also ``test/temperature`` and
                 ``test/{nll,nll_bits,acc,ece,mce,adaece,cwece,brier,confidence,smece,ece_debiased,ece_signed}_ts``
                 (metrics of logits / T)
@@ -28,7 +33,29 @@ from torchmetrics import MeanMetric
 
 from ceexp.metrics import AdaptiveCalibrationError, BrierScore, CalibrationError, ClasswiseCalibrationError
 
-__all__ = ["ClassifierModule", "EvalMetrics"]
+__all__ = ["ClassifierModule", "EvalMetrics", "mean_denominator"]
+
+
+def mean_denominator(loss: nn.Module, target: torch.Tensor) -> torch.Tensor:
+    """What ``loss`` with ``reduction="mean"`` divides the batch's summed loss by, for targets ``target`` ``(B,)``.
+
+    ``torch.nn.CrossEntropyLoss`` / ``NLLLoss`` with class weights ``w``: the sum of ``w_y`` over the batch's
+    non-ignored samples (PyTorch's convention, with or without label smoothing); every other loss: the number of
+    samples whose target is not the loss's ``ignore_index`` (if it has one). ceexp's ``FocalLoss(alpha=...)`` is of
+    the second kind: its mean divides by the number of samples, not by the sum of their ``alpha``.
+
+    Weighting each batch's mean by this value and dividing by the total gives the split's mean
+    ``sum_i w_i l_i / sum_i w_i``, the same for every batch size.
+
+    Returns:
+        a float scalar tensor on ``target``'s device (0 for a batch with nothing to count).
+    """
+    ignore = getattr(loss, "ignore_index", None)
+    keep = target != ignore if isinstance(ignore, int) else torch.ones_like(target, dtype=torch.bool)
+    weight = getattr(loss, "weight", None)
+    if isinstance(loss, (nn.CrossEntropyLoss, nn.NLLLoss)) and weight is not None:
+        return weight.to(target.device)[target[keep]].sum().float()
+    return keep.sum().float()
 
 
 class EvalMetrics(nn.Module):
@@ -53,11 +80,14 @@ class EvalMetrics(nn.Module):
         self.brier = BrierScore(validate_args=False)
 
     @torch.no_grad()
-    def update(self, logits: torch.Tensor, target: torch.Tensor, objective: Optional[torch.Tensor] = None) -> None:
+    def update(self, logits: torch.Tensor, target: torch.Tensor, objective: Optional[torch.Tensor] = None,
+               weight: Optional[torch.Tensor] = None) -> None:
+        """Accumulate one batch: ``objective`` is the batch's loss per sample (a scalar) and ``weight`` what it
+        counts for in the epoch's ``loss`` (:func:`mean_denominator`; default: the number of samples)."""
         logits = logits.float()
         probs = logits.softmax(dim=1)
         if objective is not None:
-            self.loss.update(objective.detach(), weight=target.numel())
+            self.loss.update(objective.detach(), weight=target.numel() if weight is None else weight)
         self.nll.update(F.cross_entropy(logits, target, reduction="none"))
         for metric in (self.ece, self.adaece, self.cwece, self.brier):
             metric.update(probs, target)
@@ -96,12 +126,13 @@ class ClassifierModule(pl.LightningModule):
         num_classes: C.
         scheduler: optional partial LR scheduler (``scheduler(optimizer=...)``), stepped once per epoch.
         n_bins: bins of the ECE/MCE/AdaECE/classwise ECE metrics.
-        diagram_every_n_epochs: how often the ``val/reliability_diagram`` image is drawn (the last epoch always is).
         seed: the run's seed; each training epoch reseeds torch's global RNG from (seed, epoch).
         hparams: the plain, resolved run config to store in checkpoints (not logged here: see
             ``ceexp.tensorboard.log_hparams``, which logs it once with the final metrics).
 
     Attributes:
+        val_metrics: the validation metrics; they keep the last validation's samples until the next one starts
+            (``ceexp.callbacks.ReliabilityDiagrams`` draws from them after the epoch).
         temperature: ``None``, or a fitted temperature T > 0; when set, ``test`` also logs metrics of ``logits / T``.
         test_logits, test_labels: after ``trainer.test``, the whole test split's logits ``(N, C)`` float32 and
             labels ``(N,)`` int64 on the CPU (gathered from every process), in split order.
@@ -115,7 +146,6 @@ class ClassifierModule(pl.LightningModule):
         num_classes: int,
         scheduler: Optional[Callable[..., Any]] = None,
         n_bins: int = 15,
-        diagram_every_n_epochs: int = 1,
         hparams: Optional[dict] = None,
         seed: int = 0,
     ):
@@ -126,7 +156,6 @@ class ClassifierModule(pl.LightningModule):
         self._loss_sums = getattr(loss, "reduction", "mean") == "sum"
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.diagram_every_n_epochs = diagram_every_n_epochs
         self.seed = seed
         self.train_nll = MeanMetric()
         self.train_loss = MeanMetric()
@@ -152,10 +181,12 @@ class ClassifierModule(pl.LightningModule):
             )
         n = y.numel()
         per_sample = self._per_sample(loss.detach(), n)
-        self.train_loss.update(per_sample, weight=n)
+        self.train_loss.update(per_sample, weight=self._batch_weight(y))
         self.train_nll.update(F.cross_entropy(logits.detach().float(), y, reduction="none"))
-        # self.log costs ~1.5 ms a call on CPU: call it only on the steps the logger writes
-        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
+        # self.log costs ~1.5 ms a call on CPU: call it only on the steps the logger writes (0: never), which
+        # include the step that ends training by max_steps
+        every, max_steps = self.trainer.log_every_n_steps, self.trainer.max_steps
+        if every and ((self.global_step + 1) % every == 0 or 0 <= max_steps <= self.global_step + 1):
             self.log("train/loss", per_sample, on_step=True, on_epoch=False, batch_size=n)
         return loss
 
@@ -163,6 +194,13 @@ class ClassifierModule(pl.LightningModule):
         """The objective per sample: a ``reduction="sum"`` loss (the paper code's protocol) divided by the batch
         size, so that ``*/loss`` does not grow with ``data.batch_size``; a ``"mean"`` loss as it is."""
         return objective / n if self._loss_sums else objective
+
+    def _batch_weight(self, target: torch.Tensor) -> torch.Tensor:
+        """What a batch's per-sample objective counts for in the epoch mean: :func:`mean_denominator` for a
+        ``"mean"`` loss, the batch size for a ``"sum"`` loss (divided by it in :meth:`_per_sample`)."""
+        if self._loss_sums:
+            return torch.tensor(float(target.numel()), device=target.device)
+        return mean_denominator(self.loss, target)
 
     def on_train_epoch_end(self) -> None:
         self.log_dict(
@@ -176,35 +214,26 @@ class ClassifierModule(pl.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y = batch
         logits = self.model(x)
-        self.val_metrics.update(logits, y, self._per_sample(self.loss(logits, y), y.numel()))
+        self.val_metrics.update(logits, y, self._per_sample(self.loss(logits, y), y.numel()), self._batch_weight(y))
 
-    def on_validation_epoch_end(self) -> None:
-        values = self.val_metrics.compute()
-        if not self.trainer.sanity_checking:
-            self.log_dict({f"val/{k}": v for k, v in values.items()})
-            self._log_diagram()
+    def on_validation_epoch_start(self) -> None:
+        # reset here, not at the epoch's end: the reliability diagram is drawn from them after the epoch
         self.val_metrics.reset()
 
-    def _log_diagram(self) -> None:
-        last = self.current_epoch + 1 >= (self.trainer.max_epochs or 0)
-        every = self.diagram_every_n_epochs
-        if not (last or (every and (self.current_epoch + 1) % every == 0)):
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
             return
-        experiment = getattr(self.logger, "experiment", None)
-        if not hasattr(experiment, "add_image"):
-            return
-        # both gather across processes (trainer=ddp): every rank calls them, rank 0 draws
-        bins, ece = self.val_metrics.ece.reliability_bins(), float(self.val_metrics.ece.compute())
-        if self.trainer.is_global_zero:
-            from ceexp.plots import reliability_diagram_image
-
-            image = reliability_diagram_image(bins, title=f"validation, epoch {self.current_epoch + 1}", ece=ece)
-            experiment.add_image("val/reliability_diagram", image, self.global_step, dataformats="HWC")
+        logged = {f"val/{k}": v for k, v in self.val_metrics.compute().items()}
+        if self.trainer.state.fn == "validate" and self.global_step > 0:
+            # the final weights validated after fit (ceexp.callbacks.validate_final_weights): logged at the last
+            # training step and epoch, where the epoch's own validation would have been, not one step later
+            logged.update(step=float(self.global_step - 1), epoch=float(max(self.current_epoch - 1, 0)))
+        self.log_dict(logged)
 
     def test_step(self, batch, batch_idx: int) -> None:
         x, y = batch
         logits = self.model(x)
-        self.test_metrics.update(logits, y, self._per_sample(self.loss(logits, y), y.numel()))
+        self.test_metrics.update(logits, y, self._per_sample(self.loss(logits, y), y.numel()), self._batch_weight(y))
         if self.temperature is not None:
             self.test_metrics_ts.update(logits / self.temperature, y)
         self._test_outputs.append((logits.detach().float().cpu(), y.cpu()))
@@ -215,7 +244,7 @@ class ClassifierModule(pl.LightningModule):
         self._test_outputs = []
 
     def on_test_epoch_end(self) -> None:
-        # not reset here: train() reads the reliability bins of both for the final figure
+        # not reset here: the final figure (ceexp.callbacks.save_test_diagram) reads the reliability bins of both
         values = {f"test/{k}": v for k, v in self.test_metrics.compute().items()}
         if self.temperature is not None:
             values["test/temperature"] = float(self.temperature)

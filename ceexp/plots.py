@@ -141,8 +141,6 @@ def save_reliability_diagrams(
     Returns:
         ``Path(path)``.
     """
-    import os
-
     path = Path(path)
     # fixed margins: half the cost of a constrained layout, and the panels are always alike
     fig = _figure(4.0 * len(panels), 4.8, dpi=dpi, layout=None)
@@ -152,10 +150,9 @@ def save_reliability_diagrams(
         draw_reliability_diagram(fig, spec, bins, title, ece)
     if suptitle:
         fig.suptitle(suptitle, fontsize=11)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
-    return path
+    from ceexp.files import atomic_savefig
+
+    return atomic_savefig(fig, path, format="png")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -171,14 +168,10 @@ def group_colors(n: int) -> list:
 
 
 def _save(fig, path: str | Path, dpi: int = 110) -> Path:
-    """Save ``fig`` as a PNG under a temporary name, then rename it to ``path``."""
-    import os
+    """Save ``fig`` as a PNG atomically (``ceexp.files.atomic_savefig``: a full disk leaves the old file)."""
+    from ceexp.files import atomic_savefig
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=dpi)
-    os.replace(tmp, path)
-    return path
+    return atomic_savefig(fig, path, format="png", dpi=dpi)
 
 
 # a marker and a dash pattern per group as well as a colour: groups whose curves coincide stay distinguishable

@@ -65,12 +65,18 @@ tested against each other group with the tests above on the per-run scores, Holm
 comparisons. It is marked ``best`` only when it is significantly better than every other group (adjusted
 ``p < alpha``); otherwise it and the groups not significantly different from it (including those that cannot be
 tested, e.g. a p-value of NaN) are marked ``tied``. No marks with fewer than two groups with values.
+
+Comparability (``classes``): values measured differently (ECE with another number of bins, any metric on another
+test split or data set) are not ranked against each other. Per tag, each group has a class; marks are given
+within each class (the best of each), differences and p-values only to groups of the reference's class (the
+others: NaN, test ``"not comparable ..."``), and Holm's family is those. A group of class ``None`` (its runs were
+measured differently from each other) is compared with nothing.
 """
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -78,6 +84,7 @@ import numpy as np
 from ceexp import bootstrap
 
 __all__ = [
+    "NOT_COMPARABLE",
     "Analysis",
     "Run",
     "Settings",
@@ -491,12 +498,16 @@ def permutation_p_value(run_a: Run, run_b: Run, tag: str, direction: str | None 
     return float(result.pvalue), f"paired permutation test over test samples (permutation_test, {count})"
 
 
+NOT_COMPARABLE = "not comparable with the reference (measured with other settings)"
+
+
 def analyse(
     groups: Sequence[Sequence[Run]],
     tags: Sequence[str],
     ref: int = 0,
     directions: Mapping[str, str | None] | None = None,
     settings: Settings | None = None,
+    classes: Mapping[str, Sequence[Hashable | None]] | None = None,
 ) -> Analysis:
     """Intervals, differences to ``groups[ref]``, p-values and marks of every tag (module docstring).
 
@@ -506,6 +517,8 @@ def analyse(
         ref: index of the reference group.
         directions: tag -> ``"min"`` / ``"max"`` / ``"one"`` / ``"zero"`` / None (no marks); default None.
         settings: resamples, level, alpha, seed.
+        classes: tag -> per group its comparability class (module docstring); a tag without one: all groups
+            comparable.
 
     Returns:
         :class:`Analysis`. Predictions are read run by run and not kept (the permutation test of one run against
@@ -515,12 +528,19 @@ def analyse(
     directions = directions or {}
     notes: list[str] = []
     results = [[_recompute(run, tags, settings, notes) for run in group] for group in groups]
-    out = {tag: _analyse_tag(groups, results, tag, ref, directions.get(tag), settings) for tag in tags}
+    classes = classes or {}
+    out = {tag: _analyse_tag(groups, results, tag, ref, directions.get(tag), settings, classes.get(tag))
+           for tag in tags}
     return Analysis(out, ref, settings, notes)
 
 
-def _analyse_tag(groups, results, tag: str, ref: int, direction: str | None, settings: Settings) -> TagStats:
+def _analyse_tag(groups, results, tag: str, ref: int, direction: str | None, settings: Settings,
+                 classes: Sequence[Hashable | None] | None = None) -> TagStats:
     g = len(groups)
+    cls = list(classes) if classes is not None else [0] * g
+    if len(cls) != g:
+        raise ValueError(f"Expected argument `classes` to give one class per group ({g}), but got {len(cls)} "
+                         f"for {tag}")
     values, keys, reps, interval = [], [], [], []
     ci = np.full((2, g), np.nan)
     for i, (group, res) in enumerate(zip(groups, results)):
@@ -562,6 +582,9 @@ def _analyse_tag(groups, results, tag: str, ref: int, direction: str | None, set
             diff_ci[:, i] = 0.0
             test[i] = "reference"
             continue
+        if cls[i] is None or cls[i] != cls[ref]:
+            diff[i], test[i] = np.nan, NOT_COMPARABLE
+            continue
         p, name, t_ci = p_value(values[i], values[ref], keys[i], keys[ref], settings.level)
         if n[i] == 1 and n[ref] == 1:
             p, name = permuted(i, ref, False)
@@ -575,7 +598,13 @@ def _analyse_tag(groups, results, tag: str, ref: int, direction: str | None, set
     p[others] = holm(p_raw[others])
 
     transformed = direction in ("one", "zero")  # the marks test the scores; "min" / "max": the values themselves
-    mark, _, _ = marks(values, keys, direction, settings.alpha, lambda a, b: permuted(a, b, transformed)[0])
+    mark = [""] * g
+    for c in dict.fromkeys(c for c in cls if c is not None):  # ranked within each class of comparable groups
+        members = [i for i in range(g) if cls[i] == c]
+        within, _, _ = marks([values[i] for i in members], [keys[i] for i in members], direction, settings.alpha,
+                             lambda a, b, m=members: permuted(m[a], m[b], transformed)[0])
+        for i, x in zip(members, within):
+            mark[i] = x
     return TagStats(tag, direction, values, keys, mean, std, n, ci[0], ci[1], interval, diff, diff_ci[0],
                     diff_ci[1], p_raw, p, test, mark, reps)
 

@@ -22,8 +22,8 @@ import hydra
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ceexp.runs import RunInterrupted, SweepRecord, resume_argv, write_predictions, write_status
-from ceexp.validation import CHECKPOINTS, CONFIG_DIR, ConfigError, check_group_choices, validate_config
+from ceexp.runs import RunInterrupted, SweepRecord, write_predictions
+from ceexp.validation import CONFIG_DIR, ConfigError, validate_config
 
 __all__ = ["train", "build_loss", "main"]
 
@@ -82,8 +82,9 @@ def build_loss(loss_cfg: DictConfig, train_labels: torch.Tensor, n_classes: int)
     return _instantiate(loss_cfg, "loss", **kwargs)
 
 
-def _instantiate_dict(group: DictConfig | None, field: str, purge_step: int | None = None) -> list:
-    """Instantiate every entry of a callbacks/logger dict that has a ``_target_`` (``null`` entries are skipped).
+def _instantiate_dict(group: DictConfig | dict | None, field: str, purge_step: int | None = None) -> list:
+    """Instantiate every entry of a callbacks/logger dict (a config node or ``{name: node}``) that has a
+    ``_target_`` (``null`` entries are skipped).
 
     ``purge_step`` goes to TensorBoard loggers (``SummaryWriter(purge_step=...)``) when resuming.
     """
@@ -97,84 +98,93 @@ def _instantiate_dict(group: DictConfig | None, field: str, purge_step: int | No
     return out
 
 
-def _choices() -> dict[str, str]:
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return {}
-    return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items() if v is not None
-            and not k.startswith("hydra") and k not in ("paths", "callbacks", "logger")}
-
-
-def _overridden() -> list[str]:
-    """The keys this job's command line set (``loss``, ``loss.gamma``, ``seed``...): in a sweep, what varies."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return []
-    keys = []
-    for line in HydraConfig.get().overrides.task:
-        key = line.split("=", 1)[0].lstrip("+~").split("@", 1)[0]
-        if key and not key.startswith(("hydra", "paths", "resume", "callbacks", "logger")) and key not in keys:
-            keys.append(key)
-    return keys
-
-
-# the groups that define an experiment, in the order the HParams tab shows them after the overridden keys
-HPARAM_GROUPS = ("loss", "seed", "model", "data", "optimizer", "scheduler", "n_bins")
-
-
-def hparams_of(config: dict) -> dict[str, Any]:
-    """The hyperparameters shown in TensorBoard's HParams tab, in the order of its columns.
-
-    TensorBoard shows only the first few columns by default, so they come in this order: first what this job's
-    command line set (in a sweep: what varies, e.g. ``loss``, ``loss.gamma``, ``seed``), then for each group of
-    :data:`HPARAM_GROUPS` its chosen option (``loss: focal``) followed by its flattened settings (``loss.gamma``,
-    ...), the other group choices (``trainer``, ``experiment``...), and ``trainer.max_epochs``; no ``_target_``
-    or paths.
-    """
-    from ceexp.tensorboard import flatten
-
-    choices = _choices()
-    settings = {k: v for k, v in flatten({k: config[k] for k in HPARAM_GROUPS if config.get(k) is not None}).items()
-                if not k.endswith(("_target_", "_partial_"))}
-    ordered: dict[str, Any] = {}
-    for group in HPARAM_GROUPS:
-        if group in choices:
-            ordered[group] = choices[group]
-        ordered.update({k: v for k, v in settings.items() if k == group or k.startswith(group + ".")})
-    ordered.update({k: v for k, v in choices.items() if k not in ordered})
-    ordered["trainer.max_epochs"] = config["trainer"].get("max_epochs")
-    flat = flatten(config)
-    first = {k: choices.get(k, ordered.get(k, flat.get(k))) for k in _overridden()}
-    first = {k: v for k, v in first.items() if v is not None}
-    return {**first, **{k: v for k, v in ordered.items() if k not in first}}
-
-
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train, test and temperature-scale one model as ``cfg`` says; return the final metrics.
+    """Train, calibrate and test one model as ``cfg`` says; return the final metrics.
+
+    A straight line: build (data, model, loss, module, callbacks, loggers, trainer), fit, the final weights'
+    validation, calibrate (temperature scaling on the validation split), test, report (``predictions.npz``,
+    ``reliability_diagram.png``, HParams, ``metrics.json``). What happens around fit is in ``ceexp.callbacks``.
 
     Args:
         cfg: a composed ``configs/train.yaml`` (``cfg.paths.output_dir`` is the run directory).
 
     Returns:
-        ``{tag: float}`` for every ``train/``, ``val/`` (last epoch) and ``test/`` metric, plus
-        ``"status": "completed"``; the same dict is written to ``<run dir>/metrics.json``.
+        ``{tag: float}`` for every ``train/``, ``val/`` (the final weights) and ``test/`` metric, plus
+        ``"status": "completed"``; the same dict is written to ``<run dir>/metrics.json``. ``resume=`` of a
+        completed run returns its ``metrics.json`` unchanged (one log line says so).
 
     Raises:
         ConfigError: a config value outside what is allowed, before any training.
         FloatingPointError: a non-finite training loss.
+        RunInterrupted: Ctrl+C or SIGTERM (``metrics.json`` says ``interrupted``).
     """
     validate_config(cfg)  # before the heavy imports: a bad value is refused at once
+    done = _completed_run(cfg)
+    if done is not None:
+        return done
     import pytorch_lightning as pl
 
+    from ceexp import callbacks as cb
     from ceexp.module import ClassifierModule
-    from ceexp.plots import save_reliability_diagrams
-    from ceexp.tensorboard import log_custom_scalars, log_hparams
+    from ceexp.tensorboard import log_custom_scalars
 
     started = time.time()
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    _quiet_lightning()
+    _set_threads(cfg)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    datamodule = _instantiate(cfg.data, "data")
+    datamodule.setup()
+    model = _instantiate(cfg.model, "model", input_shape=datamodule.input_shape, num_classes=datamodule.n_classes)
+    loss = build_loss(cfg.loss, datamodule.train_labels, datamodule.n_classes)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    module = ClassifierModule(
+        model, loss, _instantiate(cfg.optimizer, "optimizer"), datamodule.n_classes,
+        _instantiate(cfg.scheduler, "scheduler") if cfg.get("scheduler") else None,
+        n_bins=cfg.n_bins, hparams=config, seed=cfg.seed,
+    )
+    ckpt_path, resumed_step = _checkpoint_to_resume(cfg)
+    callbacks, best = cb.build_callbacks(cfg, _instantiate_dict(cb.enabled_callbacks(cfg), "callbacks"))
+    # resuming: TensorBoard drops what the interrupted run logged after the checkpoint, so no step repeats
+    loggers = _instantiate_dict(cfg.get("logger"), "logger", purge_step=resumed_step)
+    trainer = _instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
+    end = cb.EndOfTraining.attach(trainer)
+    for logger in trainer.loggers:
+        log_custom_scalars(logger)
+
+    with _interruptions_raised(run_dir, trainer):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        metrics = cb.validate_final_weights(trainer, module, datamodule, end)
+        tested_epoch = _load_tested_weights(module, trainer, best)
+        val_logits, val_labels = _validation_predictions(trainer, module, datamodule, cfg)
+        temperatures = _calibrate(module, val_logits, val_labels, cfg)
+        metrics.update(_test(trainer, module, datamodule, tested_epoch, temperatures, cfg.n_bins))
+    metrics = dict(sorted(metrics.items()))
+    return _report(cfg, trainer, module, metrics, val_logits, val_labels, config, started)
+
+
+def _completed_run(cfg: DictConfig) -> dict[str, Any] | None:
+    """For ``resume=<run dir>`` of a run whose ``metrics.json`` says ``completed``: that record, untouched (one log
+    line says there is nothing to do); ``None`` otherwise."""
+    from ceexp.runs import read_metrics
+
+    if not cfg.get("resume"):
+        return None
+    run_dir = Path(cfg.paths.output_dir)
+    try:
+        record = read_metrics(run_dir)
+    except (OSError, ValueError):
+        return None
+    if record.get("status") != "completed":
+        return None
+    log.info("resume: %s completed already; nothing to do (its metrics.json is left as it is)", run_dir)
+    return record
+
+
+def _quiet_lightning() -> None:
+    """Silence warnings that say nothing about this run."""
     # the data live in memory as tensors: loader workers would only add start-up time
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     # epoch metrics are torchmetrics values already reduced across processes (trainer=ddp)
@@ -182,146 +192,119 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     warnings.filterwarnings("ignore", ".*isinstance.treespec, LeafSpec.*")  # inside Lightning, not ours
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NO_ADVERTS)  # once, however many jobs
 
-    _set_threads(cfg)
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = _instantiate(cfg.data, "data")
-    datamodule.setup()
-    model = _instantiate(cfg.model, "model", input_shape=datamodule.input_shape, num_classes=datamodule.n_classes)
-    loss = build_loss(cfg.loss, datamodule.train_labels, datamodule.n_classes)
-    optimizer = _instantiate(cfg.optimizer, "optimizer")
-    scheduler = _instantiate(cfg.scheduler, "scheduler") if cfg.get("scheduler") else None
 
-    config = OmegaConf.to_container(cfg, resolve=True)
-    module = ClassifierModule(
-        model, loss, optimizer, datamodule.n_classes, scheduler,
-        n_bins=cfg.n_bins, diagram_every_n_epochs=cfg.get("diagram_every_n_epochs", 10), hparams=config,
-        seed=cfg.seed,
-    )
-    ckpt_path, resumed_step = _checkpoint_to_resume(cfg)
-    callbacks = _instantiate_dict(cfg.get("callbacks"), "callbacks")
-    best = _best_checkpoint(cfg)
-    if best is not None:  # before last.ckpt's callback, so last.ckpt holds this epoch's best-so-far (resume)
-        callbacks.insert(0, best)
-    # resuming: TensorBoard drops what the interrupted run logged after the checkpoint, so no step repeats
-    loggers = _instantiate_dict(cfg.get("logger"), "logger", purge_step=resumed_step)
-    trainer = _instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
-
-    for logger in loggers:
-        log_custom_scalars(logger)
-    # with several processes (trainer=ddp) rank 0 alone writes the run's files
-    record_status = write_status if trainer.is_global_zero else _no_status
-    record_status(run_dir, "running")
+@contextlib.contextmanager
+def _interruptions_raised(run_dir: Path, trainer):
+    """Raise Ctrl+C and SIGTERM as :class:`RunInterrupted` (Lightning turns both into ``SystemExit``; its
+    ``on_exception`` hook has recorded ``interrupted`` through ``ceexp.callbacks.RunStatus``)."""
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-        if not any(k.startswith("val/") for k in trainer.callback_metrics):
-            trainer.validate(module, datamodule=datamodule, verbose=False)  # resumed after its last epoch
-        metrics = {k: v for k, v in _numbers(trainer.callback_metrics).items() if k.startswith(("train/", "val/"))}
-        tested_epoch = _load_tested_weights(module, trainer, best)
-        val_logits = val_target = None
-        if cfg.temperature_scaling or cfg.get("save_predictions", True):
-            # the datamodule's predict split is the whole validation split, in every process
-            batches = trainer.predict(module, datamodule=datamodule)
-            val_logits = torch.cat([b[0] for b in batches]).float()
-            val_target = torch.cat([b[1] for b in batches])
-        temperatures = {}
-        if cfg.temperature_scaling:
-            temperatures = _fit_temperatures(val_logits, val_target, cfg.n_bins)
-            module.temperature = temperatures[cfg.get("temperature_fit", "nll")]
-        for result in trainer.test(module, datamodule=datamodule, verbose=False):
-            metrics.update(_numbers(result))
-        metrics["test/epoch"] = float(tested_epoch)
-        metrics.update(_temperature_fits(temperatures, module.test_logits, module.test_labels, cfg.n_bins))
-        if cfg.get("save_predictions", True) and trainer.is_global_zero:
-            write_predictions(run_dir, val_logits, val_target, module.test_logits, module.test_labels,
-                              module.temperature)
-    except (KeyboardInterrupt, SystemExit) as e:  # Ctrl+C (Lightning turns it into SystemExit) or SIGTERM
-        record_status(run_dir, "interrupted", error=f"{type(e).__name__} at epoch {trainer.current_epoch}, "
-                      f"step {trainer.global_step}", **_numbers(trainer.callback_metrics))
+        yield
+    except (KeyboardInterrupt, SystemExit):
         raise RunInterrupted(run_dir, trainer.current_epoch) from None
-    except Exception as e:
-        record_status(run_dir, "failed", error=_one_line(e), **_numbers(trainer.callback_metrics))
-        raise
-    metrics = dict(sorted(metrics.items()))
 
-    loss_name = _choices().get("loss", cfg.loss._target_.rsplit(".", 1)[-1])
-    # reliability_bins() gathers across processes: every rank calls it, rank 0 draws
-    panels = [(module.test_metrics.ece.reliability_bins(), "test, before temperature scaling", metrics["test/ece"])]
-    if module.temperature is not None:
-        panels.append(
-            (module.test_metrics_ts.ece.reliability_bins(), f"after temperature scaling (T = {module.temperature:.3g})",
-             metrics["test/ece_ts"])
-        )
-    if not trainer.is_global_zero:
-        return {"status": "completed", **metrics}
-    save_reliability_diagrams(run_dir / "reliability_diagram.png", panels,
-                              suptitle=f"loss={loss_name}, test accuracy {100 * metrics['test/acc']:.1f}%")
 
-    params = hparams_of(config)
-    for logger in loggers:
-        log_hparams(logger, params, metrics)
-        logger.finalize("success")
-    result = record_status(run_dir, "completed", **metrics, **{"time/seconds": time.time() - started})
-    log.info("test: acc %.4f  nll %.4f  ece %.4f -> ece_ts %.4f (T=%.3f)  run dir %s",
-             metrics["test/acc"], metrics["test/nll"], metrics["test/ece"], metrics.get("test/ece_ts", float("nan")),
-             module.temperature or float("nan"), run_dir)
+def _validation_predictions(trainer, module, datamodule, cfg: DictConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The validation split's logits ``(N, C)`` and labels ``(N,)`` of the tested weights, when temperature scaling
+    or ``predictions.npz`` needs them and validation is on; else empty ``(0, C)`` / ``(0,)`` tensors."""
+    from ceexp import callbacks as cb
+
+    if (cfg.temperature_scaling or cfg.get("save_predictions", True)) and trainer.limit_val_batches != 0:
+        return cb.predict_validation(trainer, module, datamodule)
+    return torch.empty(0, datamodule.n_classes), torch.empty(0, dtype=torch.int64)
+
+
+def _calibrate(module, val_logits: torch.Tensor, val_labels: torch.Tensor, cfg: DictConfig) -> dict[str, float]:
+    """Fit every temperature on the validation logits and set ``module.temperature`` to the ``temperature_fit``
+    one; ``{}`` (one log line) when temperature scaling is off or there is no validation."""
+    from ceexp import callbacks as cb
+
+    if not cfg.temperature_scaling:
+        return {}
+    if len(val_labels) == 0:
+        log.info("temperature scaling skipped: no validation (trainer.limit_val_batches=0)")
+        return {}
+    temperatures = cb.fit_temperatures(val_logits, val_labels, cfg.n_bins)
+    module.temperature = temperatures[cfg.get("temperature_fit", "nll")]
+    return temperatures
+
+
+def _test(trainer, module, datamodule, tested_epoch: int, temperatures: dict[str, float],
+          n_bins: int) -> dict[str, float]:
+    """Test the module; return ``test/*`` (the logged ones, ``test/epoch`` and every temperature fit's), ``{}``
+    (one log line) when there are no test batches (``trainer.limit_test_batches=0``)."""
+    from ceexp import callbacks as cb
+
+    metrics: dict[str, float] = {}
+    for result in trainer.test(module, datamodule=datamodule, verbose=False):
+        metrics.update(_numbers(result))
+    if module.test_logits is None:
+        log.info("nothing tested: no test batches (trainer.limit_test_batches=0)")
+        return {}
+    metrics["test/epoch"] = float(tested_epoch)
+    metrics.update(cb.temperature_fits(temperatures, module.test_logits, module.test_labels, n_bins))
+    return metrics
+
+
+def _report(cfg: DictConfig, trainer, module, metrics: dict[str, float], val_logits, val_labels, config: dict,
+            started: float) -> dict[str, Any]:
+    """The run's files and its last log line: ``predictions.npz``, ``reliability_diagram.png``, HParams, and
+    ``metrics.json`` saying ``completed`` (with ``resumable: false`` when no ``last.ckpt`` was written)."""
+    from ceexp import callbacks as cb
+
+    run_dir = Path(cfg.paths.output_dir)
+    if cfg.get("save_predictions", True) and trainer.is_global_zero:
+        n_classes = int(val_logits.shape[1])
+        test_logits = module.test_logits if module.test_logits is not None else torch.empty(0, n_classes)
+        test_labels = module.test_labels if module.test_labels is not None else torch.empty(0, dtype=torch.int64)
+        write_predictions(run_dir, val_logits, val_labels, test_logits, test_labels, module.temperature)
+    loss_name = cb.group_choices().get("loss", cfg.loss._target_.rsplit(".", 1)[-1])
+    cb.save_test_diagram(trainer, module, run_dir / "reliability_diagram.png", metrics, loss_name)
+    cb.log_final_hparams(trainer, config, metrics)
+    extra: dict[str, Any] = {"time/seconds": time.time() - started}
+    not_resumable = _not_resumable(cfg, trainer, run_dir)
+    if not_resumable:
+        extra["resumable"] = False
+    status = next(c for c in trainer.callbacks if isinstance(c, cb.RunStatus))
+    result = status.completed(trainer, {**metrics, **extra})
+    if trainer.is_global_zero:  # with several processes (trainer=ddp), one says it
+        if not_resumable:
+            log.warning("this run cannot be resumed: %s", not_resumable)
+        log.info("test: acc %.4f  nll %.4f  ece %.4f -> ece_ts %.4f (T=%.3f)  run dir %s",
+                 *(metrics.get(k, float("nan")) for k in ("test/acc", "test/nll", "test/ece", "test/ece_ts")),
+                 module.temperature or float("nan"), run_dir)
     return result
 
 
-def _best_checkpoint(cfg: DictConfig):
-    """For ``checkpoint=best_val_nll|best_val_ece``: a ModelCheckpoint keeping ``checkpoints/<name>.ckpt``, the
-    weights of the epoch with the lowest monitored validation metric; ``None`` for ``checkpoint=last``."""
-    name = cfg.get("checkpoint", "last")
-    if CHECKPOINTS[name] is None:
+def _not_resumable(cfg: DictConfig, trainer, run_dir: Path) -> str | None:
+    """Why ``resume=`` cannot continue this run (no ``checkpoints/last.ckpt``), or ``None`` when it can."""
+    if (run_dir / "checkpoints" / "last.ckpt").is_file():
         return None
-    from pytorch_lightning.callbacks import ModelCheckpoint
-
-    monitor, mode = CHECKPOINTS[name]
-    return ModelCheckpoint(dirpath=Path(cfg.paths.output_dir) / "checkpoints", filename=name, monitor=monitor,
-                           mode=mode, save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)
+    if trainer.fast_dev_run:
+        return "trainer.fast_dev_run writes no checkpoint"
+    if cfg.trainer.get("enable_checkpointing", True) is False:
+        return "trainer.enable_checkpointing=false writes no checkpoint"
+    if trainer.global_step == 0:
+        return "nothing was trained, so no checkpoint was written"
+    return "no checkpoints/last.ckpt was written (callbacks.model_checkpoint=null?)"
 
 
 def _load_tested_weights(module, trainer, best) -> int:
     """Put the weights to test and calibrate into ``module``; return their epoch (epochs trained, from 1).
 
-    ``best`` is the callback of :func:`_best_checkpoint` (its best file is loaded), or ``None``: the weights at
-    the end of training stay.
+    ``best`` is the callback of ``ceexp.callbacks.best_checkpoint`` (its best file is loaded), or ``None``: the
+    weights at the end of training stay. A best checkpoint that saved nothing (``trainer.fast_dev_run``, no
+    validation metric logged) falls back to the weights at the end of training, with one log line.
     """
     if best is None:
         return int(trainer.current_epoch)
     if not best.best_model_path:
-        raise RuntimeError(f"checkpoint: no {best.monitor} was logged, so there is no best epoch to test "
-                           "(validation off?); use checkpoint=last")
+        log.info("checkpoint: no %s was logged, so there is no best epoch: the weights at the end of training are "
+                 "tested", best.monitor)
+        return int(trainer.current_epoch)
     state = torch.load(best.best_model_path, map_location=module.device, weights_only=False)
     module.load_state_dict(state["state_dict"])
     log.info("testing the weights of epoch %d (%s %.4f)", state["epoch"] + 1, best.monitor, float(best.best_model_score))
     return int(state["epoch"]) + 1
-
-
-def _fit_temperatures(logits: torch.Tensor, target: torch.Tensor, n_bins: int) -> dict[str, float]:
-    """The temperature of each fit in ``ceexp.calibration`` (``nll``: L-BFGS on the NLL; ``ece_grid``: the grid
-    of Mukhoti et al.'s code minimising ECE) on the validation logits ``(N, C)`` and labels ``(N,)``."""
-    from ceexp.calibration import METHODS, TemperatureScaler
-
-    return {method: TemperatureScaler(method=method, n_bins=n_bins).fit(logits, target).temperature
-            for method in METHODS}
-
-
-def _temperature_fits(temperatures: dict[str, float], logits, target, n_bins: int) -> dict[str, float]:
-    """``test/temperature_<fit>``, ``test/ece_ts_<fit>`` and ``test/nll_ts_<fit>`` for every temperature fit, so
-    that the fit ``temperature_fit`` did not choose is reported too (the chosen one is also ``test/*_ts``)."""
-    from ceexp.metrics import expected_calibration_error
-
-    out = {}
-    for method, t in temperatures.items():
-        scaled = logits.double() / t
-        out[f"test/temperature_{method}"] = float(t)
-        out[f"test/ece_ts_{method}"] = float(expected_calibration_error(scaled.softmax(1), target, n_bins=n_bins))
-        out[f"test/nll_ts_{method}"] = float(torch.nn.functional.cross_entropy(scaled, target))
-    return out
-
-
-def _no_status(run_dir, status, **fields) -> dict:
-    return {"status": status, **fields}
 
 
 _DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
@@ -417,63 +400,33 @@ def _checkpoint_to_resume(cfg: DictConfig) -> tuple[str | None, int | None]:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float:
+    """One job: ``train(cfg)`` under the failure policy (``ceexp.runs.run_job``); returns the value a sweeper
+    optimises (``optimized_metric``), NaN when the job failed in a sweep."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    try:
+    from ceexp.runs import run_job
+
+    def job() -> dict[str, Any]:
         with _one_ddp_job():
-            metrics = train(cfg)
-    except ConfigError as e:
-        if multirun:  # one bad cell of a grid: record it and let the sweep go on
-            write_status(run_dir, "failed", error=f"ConfigError: {e}")
-            log.error("job failed: %s", e)
-            return float("nan")
-        print(f"error: {e}", file=sys.stderr)
-        _remove_if_fresh(run_dir, cfg)
-        sys.exit(2)
-    except RunInterrupted as e:
-        print(f"interrupted: {e}", file=sys.stderr)
-        sys.exit(130)
-    except FloatingPointError as e:  # already recorded as failed in metrics.json
-        if multirun:
-            log.error("job failed: %s", e)
-            return float("nan")
-        print(f"error: {e}; the last good checkpoint is in {run_dir / 'checkpoints'}", file=sys.stderr)
-        sys.exit(1)
-    except Exception as e:
-        if multirun:
-            log.exception("job failed: %s", _one_line(e))
-            return float("nan")
-        raise
-    # the value a Hydra sweeper (Optuna) optimises
+            return train(cfg)
+
+    hc = HydraConfig.get()
+    metrics = run_job(job, Path(hc.runtime.output_dir), multirun=hc.mode == RunMode.MULTIRUN,
+                      resumed=bool(cfg.get("resume")))
+    if metrics is None:
+        return float("nan")
     return metrics.get(cfg.get("optimized_metric") or "val/nll", float("nan"))
 
 
-def _remove_if_fresh(run_dir: Path, cfg: DictConfig) -> None:
-    """Remove a new run folder that holds nothing but Hydra's own record (a config refused before training)."""
-    import shutil
-
-    if cfg.get("resume") or not run_dir.is_dir():
-        return
-    if {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        for parent in (run_dir.parent, run_dir.parent.parent):  # runs/<date>/ and runs/, when left empty
-            with contextlib.suppress(OSError):
-                parent.rmdir()
-
-
 def main() -> None:
-    """Command-line entry: resume and group-choice checks in one line each, then Hydra; exit 1 if a sweep job failed."""
-    try:
-        args = resume_argv(sys.argv[1:])
-        check_group_choices(args)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    sys.argv[1:] = args
-    _hydra_main()
+    """Command-line entry: the command line checked and completed in one line each (``ceexp.runs.checked_argv``:
+    ``resume=``, unknown choices and keys, Lightning's ``trainer.<argument>`` flags, a single run's values), then
+    Hydra, whose own failures are one line too (exit code 2); exit 1 if a job of a sweep failed."""
+    from ceexp.runs import checked_argv, run_hydra
+
+    sys.argv[1:] = checked_argv(sys.argv[1:])
+    run_hydra(_hydra_main)
     if SweepRecord.failed:
         sys.exit(1)
 

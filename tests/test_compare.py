@@ -573,3 +573,184 @@ def test_published_numbers_of_the_mukhoti_experiment(tmp_path):
             mean = np.mean([records[(preset, s)][tag] for s in (0, 1)])
             assert f"| loss_preset={preset} | {tag.removeprefix('test/')} | {mean:.4f} " in md, (preset, tag)
             assert f"| {published:.4f} | {mean - published:+.4f} |" in md, (preset, tag)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# reading run folders (ceexp.runs), symbolic links, incomparable groups
+
+
+def test_compare_reads_run_folders_through_ceexp_runs(tmp_path, monkeypatch):
+    """One owner of the run folder: compare reads metrics.json through ceexp.runs.read_metrics."""
+    import ceexp.runs
+
+    root = tmp_path / "sweep"
+    jobs = _fake_sweep(root, losses=("ce", "mse"), seeds=(0, 1), predictions=False)
+    read = ceexp.runs.read_metrics
+    monkeypatch.setattr(ceexp.runs, "read_metrics", lambda path: {**read(path), "test/acc": 0.5 + 0.125 *
+                                                                  ("loss=mse" in Path(path).name)})
+    assert main([str(root), "--metrics", "acc,ece"]) == 0
+    rows = {r["loss"]: r for r in _read_csv(root / "comparison.csv")}
+    assert (float(rows["ce"]["test/acc_mean"]), float(rows["mse"]["test/acc_mean"])) == (0.5, 0.625)
+    ece = np.mean([jobs[("mse", s)][1]["test/ece"] for s in (0, 1)])
+    assert float(rows["mse"]["test/ece_mean"]) == pytest.approx(ece, rel=1e-12)
+
+
+def test_run_folder_readers(tmp_path):
+    from ceexp import runs
+
+    run = tmp_path / "run"
+    with pytest.raises(FileNotFoundError):
+        runs.read_metrics(run)
+    assert (runs.read_overrides(run), runs.read_choices(run), runs.read_config(run), runs.read_hparams(run)) == \
+        ([], {}, None, {})
+    assert not runs.is_run(run) and not runs.has_predictions(run)
+    _fake_job(run, {"loss": "focal", "seed": 3}, {"status": "completed", "test/acc": float("nan")})
+    assert runs.is_run(run)
+    assert runs.read_metrics(run) == {"status": "completed", "test/acc": None}  # NaN is written as null
+    assert runs.read_overrides(run) == ["loss=focal", "seed=3"]
+    assert runs.read_choices(run) == {"loss": "focal"} and runs.read_config(run).n_bins == 15
+    (run / "metrics.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="not a JSON object"):
+        runs.read_metrics(run)
+    (run / "metrics.json").write_text('{"status": ')
+    with pytest.raises(ValueError, match="metrics.json unreadable"):
+        runs.read_metrics(run)
+    (run / "hparams.yaml").write_text("loss: focal\nloss.gamma: 2.0\n")
+    assert runs.read_hparams(run) == {"loss": "focal", "loss.gamma": 2.0}
+
+
+def test_symbolic_links_are_followed(tmp_path, capsys):
+    """A folder of links to runs is a folder of runs; a mix keeps every run; a link loop is searched once."""
+    root = tmp_path / "sweep"
+    jobs = _fake_sweep(root, losses=("ce", "mse"), seeds=(0, 1), predictions=False)
+    names = sorted(p.name for p in root.iterdir())
+    expected = {loss: np.mean([jobs[(loss, s)][1]["test/ece"] for s in (0, 1)]) for loss in ("ce", "mse")}
+
+    links = tmp_path / "links"  # links only
+    links.mkdir()
+    for name in names:
+        (links / name).symlink_to(root / name, target_is_directory=True)
+    mixed = tmp_path / "mixed"  # two copies, two links, a link to a folder of links, and a loop
+    mixed.mkdir()
+    for name in names[:2]:
+        shutil.copytree(root / name, mixed / name)
+    (mixed / "more").mkdir()
+    for name in names[2:]:
+        (mixed / "more" / name).symlink_to(root / name, target_is_directory=True)
+    (mixed / "more" / "loop").symlink_to(mixed, target_is_directory=True)
+    (mixed / "again").symlink_to(links, target_is_directory=True)  # the same runs a second time: read once
+
+    for folder, n in ((links, 4), (mixed, 6)):
+        assert main([str(folder), "--metrics", "ece"]) == 0, capsys.readouterr().err
+        out = capsys.readouterr().out
+        assert f"{n} completed runs of {n}" in out
+        rows = {r["loss"]: r for r in _read_csv(folder / "comparison.csv")}
+        for loss, mean in expected.items():
+            if folder is links:
+                assert rows[loss]["n"] == "2" and float(rows[loss]["test/ece_mean"]) == pytest.approx(mean, rel=1e-12)
+    # in the mix, the two linked runs of `more/` and the four of `again/` resolve to the sweep's four folders,
+    # the two copies are folders of their own: 6 runs, none twice
+
+
+def _bins_sweep(root: Path, n_bins: dict[str, int], labels_of: dict[str, int] | None = None) -> dict:
+    """Fake jobs of three groups ``<loss>_<bins>``, 3 seeds each, whose metrics.json ECE is computed with the
+    group's own n_bins (float64 numpy here); ``labels_of``: group -> which test split its runs were tested on."""
+    rng = np.random.default_rng(5)
+    splits = {k: rng.integers(0, N_CLASSES, N_TEST) for k in (0, 1)}
+    out = {}
+    for i, (group, bins) in enumerate((g, b) for g, b in n_bins.items() for _ in (0, 1, 2)):
+        loss, seed = group.split("_")[0], i % 3
+        labels = splits[(labels_of or {}).get(group, 0)]
+        z = _logits(loss, seed, labels)
+        probs = np.exp(z - z.max(1, keepdims=True))
+        probs /= probs.sum(1, keepdims=True)
+        record = {"status": "completed", "test/acc": float((probs.argmax(1) == labels).mean()),
+                  "test/ece": _numpy_ece(probs, labels, bins), "test/ece_signed": float(probs.max(1).mean() -
+                                                                                    (probs.argmax(1) == labels).mean())}
+        _fake_job(root / f"{i}_loss={loss},n_bins={bins},seed={seed}", {"loss": loss, "n_bins": bins, "seed": seed},
+                  record, (z[:20], labels[:20], z, labels, 1.0), {"n_bins": bins})
+        out.setdefault(group, []).append(record)
+    return out
+
+
+def _numpy_ece(probs: np.ndarray, labels: np.ndarray, n_bins: int) -> float:
+    """Top-label ECE over equal-width bins (lower, upper], 0 in the first bin: float64 numpy."""
+    conf, hit = probs.max(1), (probs.argmax(1) == labels)
+    b = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
+    return float(sum(abs(hit[b == k].mean() - conf[b == k].mean()) * (b == k).mean() for k in range(n_bins)
+                     if (b == k).any()))
+
+
+def test_groups_measured_with_different_bins_are_not_ranked_against_each_other(tmp_path, capsys, monkeypatch):
+    from scipy.stats import ttest_rel
+
+    import ceexp.plots
+
+    labels_drawn = []
+    for name in ("save_scatter", "save_paired_bars"):
+        original = getattr(ceexp.plots, name)
+        monkeypatch.setattr(ceexp.plots, name, lambda *a, _f=original, **k: labels_drawn.append(a[4]) or _f(*a, **k))
+    root = tmp_path / "bins"
+    records = _bins_sweep(root, {"ce_15": 15, "mse_15": 15, "mse_5": 5})
+    assert main([str(root), "--metrics", "acc,ece,ece_signed", "--resamples", "40"]) == 0
+    out = capsys.readouterr().out
+    rows = {r["group"]: r for r in _read_csv(root / "comparison.csv")}
+    g15c, g15m, g5m = "loss=ce, n_bins=15", "loss=mse, n_bins=15", "loss=mse, n_bins=5"
+    assert list(rows) == [g15c, g15m, g5m]
+    x = {g: {t: np.array([r[t] for r in records[k]]) for t in ("test/acc", "test/ece", "test/ece_signed")}
+         for g, k in ((g15c, "ce_15"), (g15m, "mse_15"), (g5m, "mse_5"))}
+    for g in rows:
+        assert float(rows[g]["test/ece_mean"]) == pytest.approx(x[g]["test/ece"].mean(), rel=1e-5)
+    # ece: within n_bins=15, mse against ce (paired by seed); n_bins=5 alone: no mark, no difference
+    p = ttest_rel(x[g15m]["test/ece"], x[g15c]["test/ece"]).pvalue
+    assert float(rows[g15m]["test/ece_p"]) == pytest.approx(p, rel=1e-6)
+    assert rows[g15m]["test/ece_mark"] == ("best" if p < 0.05 else "tied") and p < 0.05
+    assert rows[g5m]["test/ece_mark"] == "" and rows[g5m]["test/ece_diff"] == rows[g5m]["test/ece_p"] == ""
+    # accuracy and signed ECE do not depend on the bins: all three ranked, differences to ce for both
+    for tag in ("test/acc", "test/ece_signed"):
+        assert all(rows[g][f"{tag}_diff"] != "" for g in (g15m, g5m))
+        assert float(rows[g5m][f"{tag}_diff"]) == pytest.approx(x[g5m][tag].mean() - x[g15c][tag].mean(), rel=1e-9)
+    assert sum(rows[g]["test/acc_mark"] != "" for g in rows) >= 1
+    line = ("not ranked against each other, measured with different settings: ece: n_bins 5 (loss=mse, n_bins=5) "
+            "vs n_bins 15 (loss=ce, n_bins=15, loss=mse, n_bins=15); marks and differences are within groups "
+            "measured alike")
+    assert line in out and line in (root / "comparison.md").read_text()
+    # figure labels read the bins from the runs
+    assert labels_drawn and all("n_bins 5 or 15" in label and "15 equal-width" not in label for label in labels_drawn)
+
+    labels_drawn.clear()
+    alike = tmp_path / "alike"
+    _bins_sweep(alike, {"ce_10": 10, "mse_10": 10})
+    assert main([str(alike), "--metrics", "ece", "--resamples", "20"]) == 0
+    assert "not ranked" not in capsys.readouterr().out
+    assert labels_drawn and all("10 equal-width bins" in label for label in labels_drawn)
+
+
+def test_groups_tested_on_different_splits_are_not_ranked_against_each_other(tmp_path, capsys):
+    root = tmp_path / "splits"
+    _bins_sweep(root, {"ce_15": 15, "mse_15": 15}, labels_of={"mse_15": 1})
+    assert main([str(root), "--metrics", "acc,ece", "--resamples", "20"]) == 0
+    out = capsys.readouterr().out
+    rows = {r["loss"]: r for r in _read_csv(root / "comparison.csv")}
+    for tag in ("test/acc", "test/ece"):  # every metric: no mark, no difference
+        assert (rows["mse"][f"{tag}_mark"], rows["mse"][f"{tag}_diff"], rows["ce"][f"{tag}_mark"]) == ("", "", "")
+    assert ("not ranked against each other, measured with different settings: every metric: test split 1 "
+            "(loss=ce) vs test split 2 (loss=mse); marks and differences are within groups measured alike") in out
+
+
+def test_without_predictions_the_data_settings_say_which_split(tmp_path, capsys):
+    """No predictions.npz: runs on another data.split_seed are not ranked against the others; a training-only
+    setting (data.imbalance_ratio) does not change the test split."""
+    root = tmp_path / "data"
+    labels = np.random.default_rng(0).integers(0, N_CLASSES, N_TEST)
+    data = {"_target_": "ceexp.data.DigitsDataModule", "batch_size": 64, "split_seed": 0, "imbalance_ratio": 1.0}
+    settings = {"a": {}, "b": {"imbalance_ratio": 10.0, "batch_size": 32}, "c": {"split_seed": 1}}
+    for i, (group, seed) in enumerate((g, s) for g in settings for s in (0, 1)):
+        loss = {"a": "ce", "b": "mse", "c": "mse"}[group]
+        _fake_job(root / f"{i}_{group}_{seed}", {"+setting": group, "seed": seed},
+                  _record(_logits(loss, seed, labels), labels, 1.5), None, {"data": {**data, **settings[group]}})
+    assert main([str(root), "--metrics", "acc"]) == 0
+    out = capsys.readouterr().out
+    rows = {r["setting"]: r for r in _read_csv(root / "comparison.csv")}
+    assert rows["b"]["test/acc_diff"] != "" and rows["c"]["test/acc_diff"] == ""
+    assert "every metric: test split 1 (setting=a, setting=b) vs test split 2 (setting=c)" in out

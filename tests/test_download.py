@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import json
 import threading
 from typing import ClassVar
 
@@ -72,7 +73,10 @@ def test_fetch_writes_the_verified_file_and_nothing_else(server, tmp_path):
     name = "cifar-10-python.tar.gz"
     out = dl.fetch(name, md5(files[name]), [f"{url}/good"], tmp_path / "dest", timeout=10)
     assert out == tmp_path / "dest" / name and out.read_bytes() == files[name]
-    assert [p.name for p in (tmp_path / "dest").iterdir()] == [name]
+    # the file and the stamp of its verified MD5 (ceexp.download.verify), no part file
+    assert sorted(p.name for p in (tmp_path / "dest").iterdir()) == [name, name + ".md5ok"]
+    stamp = json.loads((tmp_path / "dest" / (name + ".md5ok")).read_text())
+    assert stamp["md5"] == md5(files[name]) and stamp["size"] == len(files[name])
 
 
 def test_corrupt_file_names_file_and_checksums_and_leaves_nothing(server, tmp_path):
@@ -104,7 +108,7 @@ def test_a_failing_mirror_falls_back_to_the_next(server, tmp_path):
                    timeout=10)
     assert out.read_bytes() == files[name]
     assert _Handler.requests == [f"/missing/{name}", f"/corrupt/{name}", f"/good/{name}"]
-    assert sorted(p.name for p in (tmp_path / "dest").iterdir()) == [name]
+    assert sorted(p.name for p in (tmp_path / "dest").iterdir()) == [name, name + ".md5ok"]
 
 
 def test_datamodule_downloads_missing_files_then_reads_them(server, tmp_path, monkeypatch):
@@ -116,7 +120,8 @@ def test_datamodule_downloads_missing_files_then_reads_them(server, tmp_path, mo
     (root / "mnist" / MNIST_FILES[0]).write_bytes(files[MNIST_FILES[0]])  # one file already there: kept
     dm = MNISTDataModule(root=str(root), download=True, val_fraction=0.5)
     dm.setup()
-    assert sorted(p.name for p in (root / "mnist").iterdir()) == sorted(MNIST_FILES)
+    # every file stamped verified: the downloaded ones by fetch, the one already there by setup's check
+    assert sorted(p.name for p in (root / "mnist").iterdir()) == sorted([*MNIST_FILES, *(n + ".md5ok" for n in MNIST_FILES)])
     assert _Handler.requests == [f"/good/{n}" for n in MNIST_FILES[1:]]
     assert len(dm.y_train) + len(dm.y_val) == 60
 

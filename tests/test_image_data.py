@@ -160,7 +160,7 @@ def test_splits_and_normalisation(tmp_path, name):
     cls, write = WRITERS[name]
     written = write(tmp_path)
     n_classes = cls.num_classes
-    dm = cls(root=str(tmp_path), val_fraction=0.5, batch_size=7)
+    dm = cls(root=str(tmp_path), val_fraction=0.5, batch_size=7, checksum=False)
     dm.setup()
     n = len(written["y_train"])
     x_train = written["x_train"].reshape(n, *dm.input_shape)
@@ -199,7 +199,7 @@ def test_missing_files_are_one_line_naming_them_the_folder_and_the_switch(tmp_pa
 
 @pytest.mark.parametrize("field, value", [("val_fraction", 0.0), ("val_fraction", 1.5), ("imbalance_ratio", 0.5),
                                           ("label_noise", 1.0), ("batch_size", 0), ("augment", "yes"),
-                                          ("on_device", "gpu"), ("download", 1)])
+                                          ("on_device", "gpu"), ("download", 1), ("checksum", "yes")])
 def test_bad_values_name_the_field(tmp_path, field, value):
     write_mnist(tmp_path / "mnist")
     with pytest.raises(ValueError, match=f"^data.{field}="):
@@ -209,7 +209,7 @@ def test_bad_values_name_the_field(tmp_path, field, value):
 def test_too_small_a_validation_split_names_val_fraction(tmp_path):
     write_mnist(tmp_path / "mnist")  # 60 images, 10 classes: 1% is one image, fewer than the classes
     with pytest.raises(ValueError, match="^data.val_fraction=0.01 is invalid for 60 training images of 10 classes"):
-        MNISTDataModule(root=str(tmp_path), val_fraction=0.01).setup()
+        MNISTDataModule(root=str(tmp_path), val_fraction=0.01, checksum=False).setup()
 
 
 def test_relative_root_resolves_against_the_working_directory(tmp_path, monkeypatch):
@@ -221,9 +221,10 @@ def test_relative_root_resolves_against_the_working_directory(tmp_path, monkeypa
 
 def test_imbalance_and_noise_touch_the_training_split_only(tmp_path):
     written = write_cifar(tmp_path / "cifar10", n_train=20)
-    clean = CIFAR10DataModule(root=str(tmp_path), val_fraction=0.2)
+    clean = CIFAR10DataModule(root=str(tmp_path), val_fraction=0.2, checksum=False)
     clean.setup()
-    dm = CIFAR10DataModule(root=str(tmp_path), val_fraction=0.2, imbalance_ratio=10.0, label_noise=0.25)
+    dm = CIFAR10DataModule(root=str(tmp_path), val_fraction=0.2, imbalance_ratio=10.0, label_noise=0.25,
+                           checksum=False)
     dm.setup()
     # 16 training images per class; class k keeps round(16 * 10^(-k/9)) (at least 1)
     kept = [max(1, round(16 * 10 ** (-k / 9))) for k in range(10)]
@@ -272,7 +273,7 @@ def test_random_crop_flip_draws_every_offset_and_both_flips():
 
 def test_augmentation_only_while_training(tmp_path):
     write_cifar(tmp_path / "cifar10")
-    dm = CIFAR10DataModule(root=str(tmp_path), val_fraction=0.5, augment=True)
+    dm = CIFAR10DataModule(root=str(tmp_path), val_fraction=0.5, augment=True, checksum=False)
     dm.setup()
     dm.shuffle_seed = 1
     batch = next(iter(dm.val_dataloader()))
@@ -300,7 +301,7 @@ def test_train_a_few_steps(tmp_path, name, model):
     n_test = len(WRITERS[name][1](tmp_path / "data")["y_test"])
     extra = ["data.batch_size=16", "trainer.max_epochs=1", "+trainer.limit_train_batches=2"]
     cfg = make_cfg(tmp_path / "run", [*FAST, f"data={name}", f"model={model}", f"data.root={tmp_path / 'data'}",
-                                      "data.val_fraction=0.5", "logger=none", *extra])
+                                      "data.val_fraction=0.5", "data.checksum=false", "logger=none", *extra])
     metrics = train(cfg)
     assert metrics["status"] == "completed"
     for key in ("val/acc", "val/nll", "val/ece", "test/acc", "test/nll", "test/ece", "test/temperature"):
@@ -309,8 +310,9 @@ def test_train_a_few_steps(tmp_path, name, model):
     assert round(metrics["test/acc"] * n_test) == pytest.approx(metrics["test/acc"] * n_test, abs=1e-6)
 
 
+# fixture files are not the published ones: data.checksum=false reads them (tests/test_damaged_files.py checks MD5s)
 ENTRY = ["model=cnn", "logger=none", "callbacks.progress_bar=null", "trainer.max_epochs=1", "data.val_fraction=0.5",
-         "trainer.enable_progress_bar=false"]
+         "trainer.enable_progress_bar=false", "data.checksum=false"]
 
 
 def test_entry_point_refuses_missing_files_in_one_line(tmp_path):
@@ -375,7 +377,7 @@ def test_mukhoti_sweep_runs_end_to_end_on_fixture_files(tmp_path):
     sweep = tmp_path / "sweep"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "train.py"), "experiment=mukhoti_cifar10", "trainer=default",
-         "trainer.max_epochs=1", "data.batch_size=4", "data.val_fraction=0.5", "logger=none",
+         "trainer.max_epochs=1", "data.batch_size=4", "data.val_fraction=0.5", "data.checksum=false", "logger=none",
          "callbacks.progress_bar=null", "trainer.enable_progress_bar=false", "+trainer.limit_train_batches=1",
          "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1", "+trainer.limit_predict_batches=1",
          f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=${hydra.job.num}"],
@@ -394,6 +396,7 @@ def test_gpu_trainer_settings_run_end_to_end_with_the_cpu_accelerator(tmp_path):
     write_cifar(tmp_path / "data" / "cifar10")
     cfg = make_cfg(tmp_path / "run", [*FAST, "data=cifar10", "model=cnn", f"data.root={tmp_path / 'data'}",
                                       "trainer=gpu", "trainer.accelerator=cpu", "data.val_fraction=0.5", "logger=none",
+                                      "data.checksum=false",
                                       "trainer.max_epochs=1", "loss=focal_sd53", "+trainer.limit_train_batches=2"])
     assert cfg.trainer.precision == "bf16-mixed" and cfg.model.channels_last is True
     metrics = train(cfg)

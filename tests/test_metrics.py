@@ -7,7 +7,6 @@ ceexp), or from another library: torchmetrics, relplot (smECE, by its authors), 
 """
 from __future__ import annotations
 
-import doctest
 import math
 import warnings
 
@@ -19,7 +18,6 @@ import torch
 from statsmodels.stats.proportion import proportion_confint
 from torchmetrics.functional.classification import multiclass_calibration_error
 
-import ceexp.metrics as M
 from ceexp.metrics import (
     METRIC_FUNCTIONS,
     AdaptiveCalibrationError,
@@ -33,7 +31,6 @@ from ceexp.metrics import (
     classwise_calibration_error,
     debiased_ece,
     expected_calibration_error,
-    mean_confidence,
     nats_to_bits,
     negative_log_likelihood,
     reliability_bins,
@@ -228,7 +225,7 @@ def test_classwise_and_brier_match_numpy(data):
     probs, target, p, y = data
     assert classwise_calibration_error(probs, target, 10).item() == pytest.approx(np_classwise(p, y, 10), abs=1e-12)
     assert brier_score(probs, target).item() == pytest.approx(np_brier(p, y), abs=1e-12)
-    assert mean_confidence(probs).item() == pytest.approx(p.max(axis=1).mean(), abs=1e-12)
+    assert METRIC_FUNCTIONS["confidence"](probs, target).item() == pytest.approx(p.max(axis=1).mean(), abs=1e-12)
 
 
 @pytest.mark.parametrize("norm", ["l1", "l2", "max"])
@@ -728,15 +725,3 @@ def test_metric_classes_validate():
             metric.update(torch.tensor([[0.7, 0.2], [0.4, 0.6]]), GOOD_T)
         with pytest.raises(ValueError, match="`target`"):
             metric.update(GOOD_P, torch.tensor([[0], [1]]))
-
-
-def test_mean_confidence_validates():
-    with pytest.raises(ValueError, match=r"`probs` to have shape \(N, C\)"):
-        mean_confidence(torch.tensor([0.5, 0.5]))
-    with pytest.raises(ValueError, match="`probs`.*sum to 1"):
-        mean_confidence(torch.tensor([[0.5, 0.6]]))
-
-
-def test_docstring_examples():
-    result = doctest.testmod(M, extraglobs={"torch": torch, "math": math})
-    assert result.attempted > 0 and result.failed == 0

@@ -255,3 +255,34 @@ def test_p_value_is_one_when_the_runs_show_no_difference_at_all():
     # a constant shift is a difference: scipy's paired test says p = 0 (t infinite), not 1
     p, _, _ = stats.p_value(a, [x + 0.01 for x in a], ["0", "1", "2"], ["0", "1", "2"])
     assert p < 0.05
+
+
+def test_groups_measured_differently_are_ranked_only_within_their_class():
+    """classes: groups 0, 1, 3 alike (the reference 0 among them), group 2 measured otherwise, group 4 mixed (None).
+    Without classes group 2, the lowest, would be best; with them it is compared with nothing, and group 1 is tested
+    against the reference alone (Holm over a family of its comparable groups)."""
+    rng = np.random.default_rng(3)
+    values = [0.10 + 0.01 * rng.normal(size=5), 0.05 + 0.001 * rng.normal(size=5),
+              0.01 + 0.001 * rng.normal(size=5), 0.20 + 0.01 * rng.normal(size=5), 0.001 + 0.0 * rng.normal(size=5)]
+    groups = [[stats.Run(key=k, values={"test/x": float(v)}) for k, v in zip(SEEDS, vals)] for vals in values]
+    plain = stats.analyse(groups, ["test/x"], 0, {"test/x": "min"}).tags["test/x"]
+    assert plain.mark[4] in ("best", "tied") and plain.mark[1] != "best"  # ranked across everything
+    assert plain.test[2] == plain.test[4] == "paired t-test (ttest_rel)"
+
+    out = stats.analyse(groups, ["test/x"], 0, {"test/x": "min"}, classes={"test/x": ["a", "a", "b", "a", None]})
+    st = out.tags["test/x"]
+    raw = [sps.ttest_rel(values[i], values[0]).pvalue for i in (1, 3)]
+    np.testing.assert_allclose(st.p[[1, 3]], multipletests(raw, method="holm")[1], rtol=1e-12)
+    assert all(math.isnan(st.p[i]) and math.isnan(st.diff[i]) and st.test[i] == stats.NOT_COMPARABLE for i in (2, 4))
+    assert st.diff[1] == pytest.approx(values[1].mean() - values[0].mean(), rel=1e-12)
+    # marks within class a: group 1 is the lowest, against 0 and 3 (paired, Holm)
+    best_raw = [sps.ttest_rel(values[1], values[i]).pvalue for i in (0, 3)]
+    assert all(multipletests(best_raw, method="holm")[1] < 0.05)
+    assert st.mark == ["", "best", "", "", ""]
+    # a class of its own with two groups is ranked within itself
+    st = stats.analyse(groups, ["test/x"], 0, {"test/x": "min"},
+                       classes={"test/x": ["a", "a", "b", "a", "b"]}).tags["test/x"]
+    p = multipletests([sps.ttest_rel(values[4], values[2]).pvalue], method="holm")[1][0]
+    assert st.mark[4] == ("best" if p < 0.05 else "tied") and st.mark[2] == ("" if p < 0.05 else "tied")
+    with pytest.raises(ValueError, match="one class per group"):
+        stats.analyse(groups, ["test/x"], 0, {"test/x": "min"}, classes={"test/x": ["a"]})

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 import torch
 import torch.nn.functional as F
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -68,19 +69,25 @@ def test_event_file_has_every_tag(focal_run):
 
 
 def test_hparams_register_final_metrics(focal_run):
+    """The run's HParams session and hparams.yaml hold its hyperparameters; its final metrics are scalars of the
+    run, from which TensorBoard fills the HParams metric columns (a sweep lists them in its own summary). No
+    experiment summary per run: TensorBoard would take one run's for the whole folder."""
     from tensorboard.plugins.hparams import plugin_data_pb2
 
     metrics, run_dir = focal_run
     events = read_events(run_dir)
     content = events.PluginTagToContent("hparams")
-    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
-    metric_tags = {m.name.tag for m in experiment.metric_infos}
-    assert {"test/acc", "test/nll", "test/ece", "test/ece_ts", "val/nll"} <= metric_tags
-    assert "hp_metric" not in metric_tags
+    assert "_hparams_/experiment" not in content
+    scalars = set(events.Tags()["scalars"])
+    assert {"test/acc", "test/nll", "test/ece", "test/ece_ts", "val/nll"} <= scalars and "hp_metric" not in scalars
     start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
     assert start.hparams["loss.gamma"].number_value == 3.0
     assert start.hparams["loss"].string_value == "focal"
     assert start.hparams["optimizer.lr"].number_value == pytest.approx(1e-3)
+    written = yaml.safe_load((run_dir / "hparams.yaml").read_text())
+    assert (written["loss"], written["loss.gamma"], written["optimizer.lr"]) == ("focal", 3.0, pytest.approx(1e-3))
+    assert set(written) == set(start.hparams)
+
 
 
 def test_val_nll_is_cross_entropy_not_the_focal_objective(focal_run):
@@ -225,48 +232,18 @@ def test_save_predictions_false_writes_none(fast_cfg):
 
 
 def test_hparams_columns_start_with_what_the_command_line_set(focal_run):
-    """TensorBoard shows the first few HParams columns: the overridden keys, then loss and its settings."""
-    from tensorboard.plugins.hparams import plugin_data_pb2
-
+    """hparams.yaml lists the HParams columns in order: the overridden keys, then loss and its settings. (TensorBoard
+    itself orders its columns: those that differ between runs first, then by name.)"""
     from tests.conftest import FAST
 
     _, run_dir = focal_run
-    content = read_events(run_dir).PluginTagToContent("hparams")
-    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
-    names = [h.name for h in experiment.hparam_infos]
+    names = list(yaml.safe_load((run_dir / "hparams.yaml").read_text()))
     typed = [o.split("=")[0] for o in [*FAST, "loss=focal", "loss.gamma=3"] if not o.endswith("=null")]
     assert names[:len(typed)] == typed
     rest = names[len(typed):]
     assert rest.index("loss.alpha") < rest.index("seed") < rest.index("model") < rest.index("data")
     assert rest.index("data") < rest.index("data.batch_size") < rest.index("optimizer")
 
-
-@pytest.mark.parametrize("policy, tag", [("best_val_nll", "val/nll"), ("best_val_ece", "val/ece")])
-def test_checkpoint_policy_tests_the_best_epoch(fast_cfg, policy, tag):
-    """checkpoint=best_val_*: the tested weights are those of the epoch with the lowest validation metric
-    (read back from the event file), test/epoch says which, and the saved test logits are that model's."""
-    from ceexp.data import DigitsDataModule
-    from ceexp.models import MLP
-
-    cfg = fast_cfg("trainer.max_epochs=5", "optimizer.lr=0.01", f"checkpoint={policy}")
-    metrics = train(cfg)
-    run_dir = Path(cfg.paths.output_dir)
-    curve = [e.value for e in read_events(run_dir).Scalars(tag)]
-    best_epoch = int(np.argmin(curve)) + 1
-    assert best_epoch < 5  # the case worth testing: the best epoch is not the last
-    assert metrics["test/epoch"] == best_epoch
-    ckpt = torch.load(run_dir / "checkpoints" / f"{policy}.ckpt", map_location="cpu", weights_only=False)
-    assert ckpt["epoch"] + 1 == best_epoch
-    dm = DigitsDataModule()
-    dm.setup()
-    model = MLP(dm.input_shape, dm.n_classes, cfg.model.hidden_sizes, cfg.model.dropout).eval()
-    model.load_state_dict({k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")})
-    with torch.no_grad():
-        z = model(dm.x_test).numpy()
-    with np.load(run_dir / "predictions.npz") as f:
-        np.testing.assert_allclose(f["test_logits"], z, rtol=1e-5, atol=1e-5)
-    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert last["epoch"] == 4  # resume still continues from the end of training
 
 
 def _ece64(probs: np.ndarray, y: np.ndarray, n_bins: int = 15) -> float:
@@ -305,3 +282,67 @@ def test_summed_objective_is_logged_per_sample(fast_cfg):
     for stage in ("val", "test"):
         assert metrics[f"{stage}/loss"] == pytest.approx(metrics[f"{stage}/nll"], rel=1e-5)
     assert metrics["train/loss_epoch"] == pytest.approx(metrics["train/nll"], rel=1e-5)
+
+
+def _trained_digits_mlp(seed: int = 0):
+    """An MLP trained for a few hundred plain Adam steps on the digits training split (its losses then differ from
+    sample to sample, as a weighting needs), and the datamodule's splits."""
+    from ceexp.data import DigitsDataModule
+    from ceexp.models import MLP
+
+    dm = DigitsDataModule()
+    dm.setup()
+    torch.manual_seed(seed)
+    model = MLP(dm.input_shape, dm.n_classes, [32], 0.0)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(150):
+        opt.zero_grad()
+        F.cross_entropy(model(dm.x_train), dm.y_train).backward()
+        opt.step()
+    return model.eval(), dm
+
+
+@pytest.mark.parametrize("objective", ["weighted_ce", "focal_alpha"])
+def test_epoch_loss_of_a_weighted_objective_is_the_same_for_every_batch_size(objective):
+    """train/loss_epoch, val/loss and test/loss are the split's mean of the objective as its "mean" reduction
+    defines it, whatever data.batch_size cuts it into: sum_i w_{y_i} l_i / sum_i w_{y_i} for
+    CrossEntropyLoss(weight=w) (torch's convention), sum_i alpha_{y_i} l_i / N for FocalLoss(alpha) (ceexp's);
+    float64 numpy from the same weights (the optimizer's lr is 0, so training leaves them as they are)."""
+    import functools
+
+    import pytorch_lightning as pl
+
+    from ceexp.data import DigitsDataModule
+    from ceexp.losses import FocalLoss
+    from ceexp.module import ClassifierModule
+
+    model, dm = _trained_digits_mlp()
+    w = torch.tensor([0.25, 4.0, 1.0, 0.5, 3.0, 1.5, 0.3, 2.0, 0.8, 5.0])
+    loss = torch.nn.CrossEntropyLoss(weight=w) if objective == "weighted_ce" else FocalLoss(gamma=2.0, alpha=w)
+    expected = {}
+    for stage, x, y in (("train", dm.x_train, dm.y_train), ("val", dm.x_val, dm.y_val), ("test", dm.x_test, dm.y_test)):
+        with torch.no_grad():
+            z = model(x).double().numpy()
+        yy = y.numpy()
+        z = z - z.max(1, keepdims=True)
+        logp = (z - np.log(np.exp(z).sum(1, keepdims=True)))[np.arange(len(yy)), yy]
+        wy = w.double().numpy()[yy]
+        if objective == "weighted_ce":
+            expected[stage] = (wy * -logp).sum() / wy.sum()
+        else:
+            expected[stage] = (wy * (1 - np.exp(logp)) ** 2 * -logp).sum() / len(yy)
+    logged = {}
+    for batch_size in (50, 500):
+        module = ClassifierModule(model, loss, functools.partial(torch.optim.SGD, lr=0.0), dm.n_classes)
+        trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+        data = DigitsDataModule(batch_size=batch_size)
+        trainer.fit(module, datamodule=data)
+        values = {"train": float(trainer.callback_metrics["train/loss_epoch"]),
+                  "val": float(trainer.callback_metrics["val/loss"])}
+        trainer.test(module, datamodule=data, verbose=False)
+        values["test"] = float(trainer.callback_metrics["test/loss"])
+        logged[batch_size] = values
+    for stage in expected:
+        assert logged[50][stage] == pytest.approx(expected[stage], rel=1e-5), stage
+        assert logged[500][stage] == pytest.approx(expected[stage], rel=1e-5), stage
