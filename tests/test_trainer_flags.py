@@ -225,9 +225,6 @@ def test_debug_comes_last_in_the_defaults_list(tmp_path):
 @pytest.mark.parametrize("option", list(DEBUG))
 def test_debug_group_options_run(tmp_path, option):
     """Each debug=<option> (configs/debug/) runs to the end."""
-    if option == "overfit":
-        pytest.xfail("ceexp.data loaders: Lightning's overfit_batches swaps their index-batch sampler for "
-                     "SequentialSampler(dataset), which yields single samples (data engineer)")
     run_dir = tmp_path / "run"
     cfg = make_cfg(run_dir, [*QUIET, f"debug={option}", *(["trainer.max_epochs=2"] if option == "overfit" else [])])
     metrics = train(cfg)
@@ -247,3 +244,26 @@ def test_trainer_ddp_runs_two_cpu_processes(tmp_path):
     (run_dir,) = [p.parent for p in (tmp_path / "outputs").rglob("metrics.json")]
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
     assert (run_dir / "train_ddp_process_1.log").is_file()
+
+
+def test_overfit_batches_train_on_the_same_whole_batches_every_epoch():
+    """trainer.overfit_batches=2: the training loader yields the split's first batches, whole and in order (not
+    single samples, as when Lightning swaps an index-batch sampler for a per-sample SequentialSampler), and
+    Lightning keeps it as it is."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.trainer.connectors.data_connector import _resolve_overfit_batches
+    from pytorch_lightning.trainer.states import RunningStage
+    from pytorch_lightning.utilities.combined_loader import CombinedLoader
+
+    from ceexp.data import DigitsDataModule
+
+    dm = DigitsDataModule(batch_size=64)
+    dm.setup()
+    dm.trainer = pl.Trainer(overfit_batches=2, logger=False, enable_progress_bar=False, enable_checkpointing=False)
+    for loader in (dm.train_dataloader(), dm.val_dataloader()):
+        combined = CombinedLoader(loader)
+        _resolve_overfit_batches(combined, RunningStage.TRAINING)
+        batches = list(combined.flattened[0])
+        y = dm.y_train if loader.dataset.batches.y is dm.y_train else dm.y_val
+        assert [len(b[1]) for b in batches[:2]] == [64, 64]
+        assert (batches[0][1] == y[:64]).all() and (batches[1][1] == y[64:128]).all()

@@ -76,6 +76,29 @@ class _TensorBatches(torch.utils.data.Dataset):
         return (self.transform(x) if self.transform is not None else x), self.y[idx]
 
 
+class _FixedBatches(torch.utils.data.Dataset):
+    """Batch ``i`` of a split cut in order: samples ``[i * batch_size, (i + 1) * batch_size)``.
+
+    A loader over it with a ``SequentialSampler`` yields the split's batches in order. Lightning's
+    ``overfit_batches`` keeps such a loader as it is (it swaps any other sampler for a per-sample
+    ``SequentialSampler``, which would turn the index-list batches into single samples).
+    """
+
+    def __init__(self, batches: _TensorBatches, batch_size: int):
+        self.batches, self.batch_size = batches, batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.batches) // self.batch_size)
+
+    def __getitem__(self, i: int):
+        return self.batches[range(i * self.batch_size, min((i + 1) * self.batch_size, len(self.batches)))]
+
+
+def _in_order(ds: _TensorBatches, batch_size: int) -> DataLoader:
+    fixed = _FixedBatches(ds, batch_size)
+    return DataLoader(fixed, sampler=SequentialSampler(fixed), batch_size=None)
+
+
 def shard_bounds(n: int, rank: int, num_replicas: int) -> tuple[int, int]:
     """``(start, stop)`` of process ``rank``'s contiguous slice of ``n`` evaluation samples.
 
@@ -166,10 +189,7 @@ class TensorDataModule(pl.LightningDataModule):
         self._maybe_to_device()
         rank, world = self._process() if shard else (0, 1)
         start, stop = shard_bounds(len(y), rank, world)
-        ds = _TensorBatches(x[start:stop], y[start:stop], self.batch_transform)
-        # batch_size=None: the dataset receives whole index lists from the BatchSampler
-        return DataLoader(ds, sampler=_IndexBatches(SequentialSampler(ds), self.batch_size, drop_last=False),
-                          batch_size=None)
+        return _in_order(_TensorBatches(x[start:stop], y[start:stop], self.batch_transform), self.batch_size)
 
     def train_dataloader(self) -> DataLoader:
         self._maybe_to_device()
@@ -179,6 +199,8 @@ class TensorDataModule(pl.LightningDataModule):
             if world > 1:  # every process must walk the same permutation, even in an unseeded run
                 self.shuffle_seed = int(self.trainer.strategy.broadcast(self.shuffle_seed, src=0))
         ds = _TensorBatches(self.x_train, self.y_train, self.batch_transform)
+        if self.trainer is not None and self.trainer.overfit_batches:  # the same first batches every epoch
+            return _in_order(ds, self.batch_size)
         sampler = EpochShuffleSampler(len(ds), self.shuffle_seed, rank, world)
         return DataLoader(ds, sampler=_IndexBatches(sampler, self.batch_size, drop_last=False), batch_size=None)
 
