@@ -163,8 +163,9 @@ def test_ddp_in_a_multirun_makes_one_folder_per_job(tmp_path):
     sweep = tmp_path / "sweep"
     run(tmp_path, "-m", *COMMON, *DDP, "loss=ce,mse", "trainer.max_epochs=1", "logger=none",
         f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=${hydra.job.num}_${hydra.runtime.choices.loss}")
-    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))  # .jobs: the record
     assert jobs == ["0_ce", "1_mse"]
+    assert sorted(p.name for p in (sweep / ".jobs").iterdir()) == ["0.json", "1.json"]  # one job each, no extra
     for job in jobs:
         assert json.loads((sweep / job / "metrics.json").read_text())["status"] == "completed"
         assert (sweep / job / "train_ddp_process_1.log").is_file()  # the extra process ran in the job's folder
