@@ -22,7 +22,6 @@ TensorBoard tags (x axis: the global step):
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Optional
 
 import pytorch_lightning as pl
@@ -31,7 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanMetric
 
-from ceexp.metrics import AdaptiveCalibrationError, BrierScore, CalibrationError, ClasswiseCalibrationError
+from ceexp.metrics import (
+    AdaptiveCalibrationError, BrierScore, CalibrationError, ClasswiseCalibrationError, nats_to_bits,
+)
 
 __all__ = ["ClassifierModule", "EvalMetrics", "mean_denominator"]
 
@@ -97,7 +98,7 @@ class EvalMetrics(nn.Module):
         if self.loss.update_count:
             out["loss"] = self.loss.compute()
         out["nll"] = self.nll.compute()
-        out["nll_bits"] = out["nll"] / math.log(2)
+        out["nll_bits"] = nats_to_bits(out["nll"])
         summary = self.ece.summary()
         for name in ("acc", "ece", "mce"):
             out[name] = summary[name]
