@@ -451,13 +451,32 @@ class SweepRecord(Callback):
     """
 
     failed: list[str] = []
+    unfinished: str | None = None  # the sweep folder between on_multirun_start and on_multirun_end
 
     def on_multirun_start(self, config, **kwargs) -> None:
         _require_sweeper(config)
         SweepRecord.failed[:] = []
+        SweepRecord.unfinished = str(config.hydra.sweep.dir)
         root = config.get("paths", {}).get("root_dir")
         if root:
             Path(root).mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def report(sweep: str | Path) -> list:
+        """List (log) the jobs of ``sweep`` that did not complete and record them in :attr:`failed`; returns every
+        job of the sweep. Also called when the sweeper itself fails after its jobs ran (Optuna, every trial failed),
+        so those failures are listed too."""
+        import logging
+
+        log = logging.getLogger("ceexp")
+        jobs = sweep_jobs(Path(sweep))
+        bad = [job for job in jobs if not job.completed]
+        SweepRecord.failed[:] = [str(job.path) for job in bad]
+        if bad:
+            log.error("%d of %d jobs did not complete:", len(bad), len(jobs))
+            for job in bad:
+                log.error("  %s: %s%s", job.name, job.status, f": {job.error}" if job.error else "")
+        return jobs
 
     def on_job_start(self, config, **kwargs) -> None:
         if _is_sweep_job(config):
@@ -490,13 +509,8 @@ class SweepRecord(Callback):
 
         log = logging.getLogger("ceexp")
         sweep = Path(config.hydra.sweep.dir)
-        jobs = sweep_jobs(sweep)
-        bad = [job for job in jobs if not job.completed]
-        SweepRecord.failed[:] = [str(job.path) for job in bad]
-        if bad:
-            log.error("%d of %d jobs did not complete:", len(bad), len(jobs))
-            for job in bad:
-                log.error("  %s: %s%s", job.name, job.status, f": {job.error}" if job.error else "")
+        SweepRecord.unfinished = None
+        jobs = SweepRecord.report(sweep)
         try:
             from ceexp.tensorboard import write_sweep_hparams
 
@@ -791,6 +805,8 @@ def run_hydra(hydra_main) -> None:
         from omegaconf.errors import OmegaConfBaseException
 
         config = isinstance(e, (HydraException, OmegaConfBaseException, ValueError))
+        if SweepRecord.unfinished is not None and SweepRecord.report(SweepRecord.unfinished):
+            config = False  # the sweeper failed after its jobs ran (Optuna: "No trials are completed yet"): listed
         lines = str(e).strip().splitlines()
         cause = e.__cause__ if e.__cause__ is not None and str(e.__cause__).strip() else None
         line = (lines[0] if lines else type(e).__name__) + (f" ({str(cause).strip().splitlines()[0]})" if cause else "")

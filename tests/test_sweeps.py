@@ -221,3 +221,21 @@ def test_the_sweeps_extra_holds_optuna_and_its_pins():
     assert not sweeps["sqlalchemy"].specifier.contains("2.0") and sweeps["sqlalchemy"].specifier.contains("1.4.54")
     assert not sweeps["alembic"].specifier.contains("1.14.0")
     assert '-e ".[test,sweeps]"' in (ROOT / "Makefile").read_text()
+
+
+def test_optuna_study_whose_every_trial_fails_lists_them_and_exits_1(tmp_path):
+    """Every trial fails (gamma < 0 is refused in each): the sweeper's own end (it asks the study for its best
+    trial, and there is none) still lists each failed job, and the exit code is 1, as for any sweep with failures."""
+    optuna = pytest.importorskip("optuna")
+    proc = _run(["hparams_search=focal_optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.seed=1",
+                 "loss.gamma=-1,-2", *QUICK, "logger=none", f"paths.root_dir={tmp_path}/outputs"], tmp_path, code=1)
+    study = optuna.load_study(study_name="focal_optuna", storage=f"sqlite:///{tmp_path / 'outputs' / 'optuna.db'}")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 2
+    (sweep,) = (tmp_path / "outputs" / "multirun").glob("*/*")
+    jobs = _jobs(sweep)
+    log = proc.stdout + proc.stderr
+    assert "2 of 2 jobs did not complete" in log
+    for job in jobs:
+        assert f"  {job.name}: failed: ConfigError: loss.gamma=" in log
+    # the sweeper's own error (sqlite storage: "Record does not exist.") in one line after the list
+    assert [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
