@@ -349,7 +349,8 @@ def validate_final_weights(trainer: pl.Trainer, pl_module: pl.LightningModule, d
     Fit validates the weights that end training (:class:`EndOfTraining`) unless training ended where no callback
     could see it coming (e.g. early stopping on a training metric between validations, or
     ``trainer.limit_train_batches=0``); then they are validated here, logged at the last training step (one log
-    line says so). Nothing is validated when validation is off (``trainer.limit_val_batches=0``).
+    line says so), and ``last.ckpt`` is written again so that it records this validation (a resume of the ended
+    run validates nothing twice). Nothing is validated when validation is off (``trainer.limit_val_batches=0``).
 
     Returns:
         ``{tag: float}``: the metrics of this fit over those restored from the checkpoint of a resumed run (a run
@@ -362,6 +363,11 @@ def validate_final_weights(trainer: pl.Trainer, pl_module: pl.LightningModule, d
              trainer.global_step)
     trainer.validate(pl_module, datamodule=datamodule, verbose=False)
     metrics.update({k: v for k, v in epoch_metrics(trainer).items() if k.startswith("val/")})
+    # last.ckpt must know this validation happened: a resume of the ended run would otherwise repeat it
+    end.validated_step, end.metrics = trainer.global_step, dict(metrics)  # train/* too: validate() drops them
+    for checkpoint in trainer.checkpoint_callbacks:
+        if isinstance(checkpoint, ModelCheckpoint) and checkpoint.monitor is None and checkpoint.best_model_path:
+            trainer.save_checkpoint(checkpoint.best_model_path)
     return metrics
 
 

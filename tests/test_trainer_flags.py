@@ -138,6 +138,29 @@ def test_early_stopping_between_validations_validates_the_final_weights_after_fi
     acc = events(run_dir)
     assert scalar_steps(acc, "val/nll") == [2 * n - 1]
     assert [(e.step, e.value) for e in acc.Scalars("epoch") if e.step == 2 * n - 1][-1] == (2 * n - 1, 1.0)
+    # last.ckpt records that validation: a resume of this ended run finds nothing left to validate
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    (state,) = [v for k, v in ckpt["callbacks"].items() if k.startswith("EndOfTraining")]
+    assert ckpt["global_step"] == 2 * n and state["validated_step"] == ckpt["global_step"]
+    assert state["ended"] and state["metrics"]["val/nll"] == pytest.approx(metrics["val/nll"])
+    assert state["metrics"]["train/nll"] == pytest.approx(metrics["train/nll"])  # what a resume reports
+
+def test_resume_of_a_run_early_stopping_ended_between_validations(tmp_path):
+    """The run above, killed while testing (metrics.json not completed) and resumed: nothing is trained or
+    validated again (val/nll once, at the last training step), and metrics.json keeps the train/* entries."""
+    run_dir = tmp_path / "run"
+    stop = "+callbacks.early_stopping"
+    overrides = [*QUIET, "trainer.max_epochs=5", "+trainer.check_val_every_n_epoch=3", "diagram_every_n_epochs=0",
+                 f"{stop}._target_=pytorch_lightning.callbacks.EarlyStopping", f"{stop}.monitor=train/nll",
+                 f"{stop}.min_delta=100", f"{stop}.patience=0", f"{stop}.check_on_train_epoch_end=true"]
+    first = train(make_cfg(run_dir, overrides))
+    (run_dir / "metrics.json").write_text(json.dumps({"status": "interrupted"}))  # as if killed during testing
+    again = train(make_cfg(run_dir, [*overrides, f"resume={run_dir}"]))
+    n = steps_per_epoch()
+    assert scalar_steps(events(run_dir), "val/nll") == [2 * n - 1]
+    for tag in ("train/nll", "train/loss_epoch", "val/nll", "test/ece", "test/epoch"):
+        assert again[tag] == pytest.approx(first[tag], rel=1e-6), tag
+
 
 # -- trainer flags (issue 9.1) ----------------------------------------------------------------------------
 
