@@ -40,3 +40,29 @@ def fast_cfg(tmp_path):
         return make_cfg(tmp_path / "run", [*FAST, *overrides])
 
     return factory
+
+
+def mlp_val_metrics64(ckpt_path: Path, datamodule, n_bins: int = 15) -> dict[str, float]:
+    """Accuracy, NLL (nats) and top-label ECE of a checkpoint's MLP on ``datamodule``'s validation split, computed
+    here in float64 numpy from the saved weights (Linear -> ReLU per hidden layer, then the head), independently
+    of ceexp's metrics: ECE over equal-width bins (lo, hi], a confidence of 0 in the first bin."""
+    import numpy as np
+    import torch
+
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"]
+    datamodule.setup()
+    h = datamodule.x_val.double().numpy().reshape(len(datamodule.y_val), -1)
+    layers = sorted({k.rsplit(".", 1)[0] for k in state if k.startswith("model.net.")},
+                    key=lambda k: int(k.split(".")[-1]))
+    for i, name in enumerate(layers):
+        h = h @ state[f"{name}.weight"].double().numpy().T + state[f"{name}.bias"].double().numpy()
+        if i < len(layers) - 1:
+            h = np.maximum(h, 0)
+    y = datamodule.y_val.numpy()
+    z = h - h.max(1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+    p = np.exp(logp)
+    conf, correct = p.max(1), (p.argmax(1) == y).astype(float)
+    bins = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
+    ece = sum(abs(correct[bins == b].sum() - conf[bins == b].sum()) for b in range(n_bins)) / len(y)
+    return {"val/acc": correct.mean(), "val/nll": -logp[np.arange(len(y)), y].mean(), "val/ece": ece}

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from ceexp.data import EpochShuffleSampler, SyntheticDataModule, shard_bounds
-from tests.conftest import ROOT
+from tests.conftest import ROOT, mlp_val_metrics64
 
 SCRIPT = str(ROOT / "scripts" / "train.py")
 
@@ -103,23 +103,7 @@ def run_dirs(cwd: Path) -> list[Path]:
 
 def numpy_val_metrics(ckpt: Path, n_bins: int = 15) -> dict[str, float]:
     """Accuracy, NLL (nats) and top-label ECE of the checkpoint's MLP on the validation split, float64 numpy."""
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
-    dm = SyntheticDataModule(n_samples=1004)
-    dm.setup()
-    h = dm.x_val.double().numpy()
-    layers = sorted({k.rsplit(".", 1)[0] for k in state if k.startswith("model.net.")}, key=lambda k: int(k.split(".")[-1]))
-    for i, name in enumerate(layers):
-        h = h @ state[f"{name}.weight"].double().numpy().T + state[f"{name}.bias"].double().numpy()
-        if i < len(layers) - 1:
-            h = np.maximum(h, 0)
-    y = dm.y_val.numpy()
-    z = h - h.max(1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
-    p = np.exp(logp)
-    conf, correct = p.max(1), (p.argmax(1) == y).astype(float)
-    bins = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)  # (lo, hi]; 0 in the first bin
-    ece = sum(abs(correct[bins == b].sum() - conf[bins == b].sum()) for b in range(n_bins)) / len(y)
-    return {"val/acc": correct.mean(), "val/nll": -logp[np.arange(len(y)), y].mean(), "val/ece": ece}
+    return mlp_val_metrics64(ckpt, SyntheticDataModule(n_samples=1004), n_bins)
 
 
 @pytest.fixture(scope="module")

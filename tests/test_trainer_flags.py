@@ -17,7 +17,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ceexp.train import train
-from tests.conftest import ROOT, make_cfg
+from tests.conftest import ROOT, make_cfg, mlp_val_metrics64
 
 SCRIPT = str(ROOT / "scripts" / "train.py")
 QUIET = ["trainer.enable_progress_bar=false", "callbacks.progress_bar=null"]
@@ -34,27 +34,10 @@ def scalar_steps(acc: EventAccumulator, tag: str) -> list[int]:
 
 
 def digits_val64(ckpt_path: Path, n_bins: int = 15) -> dict[str, float]:
-    """Accuracy, NLL (nats) and top-label ECE of the checkpoint's MLP on the digits validation split, in float64
-    numpy from the saved weights (Linear -> ReLU per hidden layer, then the head)."""
+    """Accuracy, NLL (nats) and top-label ECE of the checkpoint's MLP on the digits validation split, float64 numpy."""
     from ceexp.data import DigitsDataModule
 
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"]
-    dm = DigitsDataModule()
-    dm.setup()
-    h = dm.x_val.double().numpy().reshape(len(dm.y_val), -1)
-    layers = sorted({k.rsplit(".", 1)[0] for k in state if k.startswith("model.net.")}, key=lambda k: int(k.split(".")[-1]))
-    for i, name in enumerate(layers):
-        h = h @ state[f"{name}.weight"].double().numpy().T + state[f"{name}.bias"].double().numpy()
-        if i < len(layers) - 1:
-            h = np.maximum(h, 0)
-    y = dm.y_val.numpy()
-    z = h - h.max(1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
-    p = np.exp(logp)
-    conf, correct = p.max(1), (p.argmax(1) == y)
-    bins = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
-    ece = sum(abs(correct[bins == b].sum() - conf[bins == b].sum()) for b in range(n_bins)) / len(y)
-    return {"val/acc": correct.mean(), "val/nll": -logp[np.arange(len(y)), y].mean(), "val/ece": ece}
+    return mlp_val_metrics64(ckpt_path, DigitsDataModule(), n_bins)
 
 
 def steps_per_epoch(batch_size: int = 64) -> int:
