@@ -94,14 +94,15 @@ class Interval(NamedTuple):
 @functools.lru_cache(maxsize=None)
 def _plain_functions() -> dict[str, Callable]:
     """name -> ``f(probs (N, C) tensor, target (N,) tensor, n_bins) -> float``: the definitions of
-    ``ceexp.metrics.METRIC_FUNCTIONS``, and NLL (nats, bits) from the probabilities."""
+    ``ceexp.metrics.METRIC_FUNCTIONS`` and ``SELECTIVE_FUNCTIONS`` (aurc, eaurc, augrc), and NLL (nats, bits) from
+    the probabilities."""
     import torch
 
-    from ceexp.metrics import METRIC_FUNCTIONS
+    from ceexp.metrics import METRIC_FUNCTIONS, SELECTIVE_FUNCTIONS
 
     out: dict[str, Callable] = {
         name: (lambda probs, target, n_bins, fn=fn: float(fn(probs, target, n_bins)))
-        for name, fn in METRIC_FUNCTIONS.items()
+        for name, fn in {**METRIC_FUNCTIONS, **SELECTIVE_FUNCTIONS}.items()
     }
 
     def nll(probs, target, n_bins):  # from probabilities; from logits see WeightedMetrics

@@ -2,23 +2,27 @@
 
 Callbacks (:func:`build_callbacks`; every process holds them, rank 0 alone writes files):
 
-* the config's ``callbacks.*`` entries, less those a trainer flag turns off (:func:`enabled_callbacks`:
+* the config's ``callbacks.*`` entries (among them ``model_checkpoint``, a :class:`ScheduledCheckpoint` writing
+  ``last.ckpt``), less those a trainer flag turns off (:func:`enabled_callbacks`:
   ``trainer.enable_progress_bar=false`` drops a progress bar, ``trainer.enable_checkpointing=false`` a checkpoint);
 * for ``checkpoint=best_val_nll|best_val_ece``, a ``ModelCheckpoint`` keeping the best epoch (:func:`best_checkpoint`);
 * :class:`RunStatus`: ``metrics.json`` says ``running`` from the start of fit, ``completed`` with the final metrics;
 * :class:`ReliabilityDiagrams`: the ``val/reliability_diagram`` image every n epochs and of the last validation;
+* :class:`LossUpdates`: a loss that learns from the run (FLSc-531's epoch, AdaFocal's validation bins) is told;
 * :class:`EndOfTraining` (added after the Trainer is built: :meth:`EndOfTraining.attach`): the weights that end
   training are validated within fit, whatever ends it, and a checkpoint knows whether training had ended.
 
 After fit: :func:`validate_final_weights` (when fit could not), :func:`predict_validation` and
 :func:`fit_temperatures` (temperature scaling on the validation split), :func:`temperature_fits` (every fit's
-test metrics), :func:`save_test_diagram` (``reliability_diagram.png``), :func:`log_final_hparams` (HParams).
+test metrics), :func:`other_calibrators` (``calibration=[vector, dirichlet, ...]``), :func:`save_test_diagram`
+(``reliability_diagram.png``), :func:`log_final_hparams` (HParams).
 ``train()`` raises failures and interruptions; the entry point's wrapper (``ceexp.runs.run_job``) records them, and
 keeps the record :class:`RunStatus` wrote for one inside a Lightning call (with the metrics so far).
 """
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -31,7 +35,9 @@ from pytorch_lightning.trainer.states import TrainerFn
 from ceexp.runs import write_status
 
 __all__ = [
-    "EndOfTraining", "HPARAM_GROUPS", "ReliabilityDiagrams", "RunStatus", "best_checkpoint", "build_callbacks",
+    "EndOfTraining", "HPARAM_GROUPS", "LossUpdates", "ReliabilityDiagrams", "RunStatus", "ScheduledCheckpoint",
+    "best_checkpoint",
+    "build_callbacks", "other_calibrators",
     "enabled_callbacks", "epoch_metrics", "fit_temperatures", "hparams_of", "log_final_hparams",
     "predict_validation", "save_test_diagram", "temperature_fits", "training_ends", "validate_final_weights",
     "validation_is_on",
@@ -114,7 +120,8 @@ def build_callbacks(cfg: DictConfig, configured: list[Callback]) -> tuple[list[C
     """
     best = best_checkpoint(cfg)
     callbacks = ([best] if best is not None else []) + list(configured)
-    callbacks += [RunStatus(cfg.paths.output_dir), ReliabilityDiagrams(cfg.get("diagram_every_n_epochs", 10))]
+    callbacks += [RunStatus(cfg.paths.output_dir), ReliabilityDiagrams(cfg.get("diagram_every_n_epochs", 10)),
+                  LossUpdates()]
     return callbacks, best
 
 
@@ -260,6 +267,76 @@ def _ends_after(trainer: pl.Trainer, batch_idx: int) -> bool:
     return last_batch and max_epochs is not None and max_epochs >= 0 and trainer.current_epoch + 1 >= max_epochs
 
 
+class ScheduledCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` on a schedule: at the end of a training epoch (after its validation) once
+    ``every_n_seconds`` of training have passed since the last write, at the end of the epoch that ends training,
+    and when training ends after this callback's epoch-end hook (a stop decided by a later callback).
+
+    A checkpoint every epoch costs ~8 ms on the default run's MLP, a quarter of a digits sweep job's 30 epochs; a
+    resume continues from the last write, which is exact (an epoch boundary), so a kill loses at most
+    ``every_n_seconds`` of training, not the run.
+
+    Args:
+        every_n_seconds: the least time between two writes during training (seconds, >= 0; 0: every epoch).
+        **kwargs: ``ModelCheckpoint``'s arguments (``dirpath``, ``filename``, ``save_top_k``, ...).
+
+    Raises:
+        ValueError: ``every_n_seconds`` negative.
+    """
+
+    def __init__(self, every_n_seconds: float = 60.0, **kwargs: Any):
+        super().__init__(**kwargs)
+        if not every_n_seconds >= 0:
+            raise ValueError(f"every_n_seconds={every_n_seconds} is invalid: expected a number of seconds >= 0")
+        self.every_n_seconds = float(every_n_seconds)
+        self._last_write = 0.0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._last_write = time.monotonic()
+
+    def _should_skip_saving_checkpoint(self, trainer: pl.Trainer) -> bool:
+        if super()._should_skip_saving_checkpoint(trainer):
+            return True
+        return not training_ends(trainer) and time.monotonic() - self._last_write < self.every_n_seconds
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        self._last_write = time.monotonic()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        if not self._should_skip_saving_checkpoint(trainer):
+            self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class LossUpdates(Callback):
+    """What a training objective learns from the run: a loss with ``set_epoch(epoch)`` (the scheduled focal loss
+    FLSc-531) hears each training epoch's number (from 0) before its first batch; a loss with
+    ``update_from_validation(probs (N, C), target (N,))`` (AdaFocal's per-bin gammas) gets the whole validation
+    split's softmax probabilities and labels after each validation during fit (gathered from every process, so
+    each holds the same state). The losses keep their state in buffers, so checkpoints and resumes carry it.
+    """
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        loss = getattr(pl_module, "loss", None)
+        if hasattr(loss, "set_epoch"):
+            loss.set_epoch(trainer.current_epoch)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        loss = getattr(pl_module, "loss", None)
+        if (not hasattr(loss, "update_from_validation") or trainer.sanity_checking
+                or trainer.state.fn != TrainerFn.FITTING or pl_module.val_logits is None):
+            return
+        logits, labels = pl_module.val_logits, pl_module.val_labels
+        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            parts: list = [None] * trainer.world_size
+            torch.distributed.all_gather_object(parts, (logits, labels))
+            logits, labels = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        device = next(iter(loss.buffers()), logits).device
+        loss.update_from_validation(logits.float().softmax(dim=1).to(device), labels.to(device))
+
+
 class ReliabilityDiagrams(Callback):
     """The ``val/reliability_diagram`` image (TensorBoard loggers): every ``every_n_epochs`` epochs, and of the last
     validation of training whatever ended it (max_epochs, max_steps, max_time, early stopping, fast_dev_run).
@@ -401,6 +478,33 @@ def temperature_fits(temperatures: dict[str, float], logits: torch.Tensor, targe
         out[f"test/temperature_{method}"] = float(t)
         out[f"test/ece_ts_{method}"] = float(expected_calibration_error(scaled.softmax(1), target, n_bins=n_bins))
         out[f"test/nll_ts_{method}"] = float(torch.nn.functional.cross_entropy(scaled, target))
+    return out
+
+
+def other_calibrators(pl_module: pl.LightningModule, val_logits: torch.Tensor, val_labels: torch.Tensor,
+                      cfg: DictConfig) -> dict[str, float]:
+    """The post-hoc calibrators of ``cfg.calibration`` other than temperature scaling (``vector``, ``matrix``,
+    ``dirichlet``, ``histogram``, ``isotonic``; ``ceexp.calibration.CALIBRATORS``), each fitted on the validation
+    logits ``(N, C)`` and applied to the test logits: ``test/<metric>_<method>`` for every metric ``EvalMetrics``
+    logs (``ceexp.calibration.calibrated_metrics``), logged to TensorBoard and returned. A method the validation
+    split is too small for (fewer samples than it needs, a class absent) is left out with one log line; the
+    others still run. ``{}`` when none is asked for, nothing was tested or there is no validation.
+    """
+    from ceexp.calibration import calibrated_log_probs, calibrated_metrics, fit_calibrators
+
+    methods = [m for m in cfg.get("calibration", ["temperature"]) if m != "temperature"]
+    test_logits = pl_module.test_logits
+    if not methods or test_logits is None or len(test_logits) == 0:
+        return {}
+    if len(val_labels) == 0:
+        log.info("calibration=%s skipped: no validation (trainer.limit_val_batches=0)", methods)
+        return {}
+    n_classes = int(val_logits.shape[1])
+    fitted, _ = fit_calibrators(methods, val_logits, val_labels, n_classes)  # it logs a skip in one line
+    values = calibrated_metrics(calibrated_log_probs(fitted, test_logits), pl_module.test_labels, cfg.n_bins)
+    out = {f"test/{k}": float(v) for k, v in values.items()}
+    if out and pl_module._trainer is not None:
+        pl_module._log_epoch(dict(out))
     return out
 
 

@@ -57,7 +57,15 @@ metric ``<tag>_mean``, ``_std``, ``_n``, ``_ci_low``, ``_ci_high``, ``_diff``, `
 metric per group with its interval, the reference's mean as a line), ``val_nll.png`` (per group: mean line over
 the seeds, min-max band; x: epoch, counted from 1, read from the event files), ``ece_vs_acc.png`` (one point per
 run), ``ece_temperature_scaling.png`` (per group: mean test ECE before and after temperature scaling, each
-run's pair joined) and ``reliability_<i>_<group>.png``.
+run's pair joined), ``reliability_<i>_<group>.png``, and where the runs have them (:func:`_robustness_figures`)
+``risk_coverage.png`` (per group: the mean selective risk over the runs at each coverage, from ``predictions.npz``),
+``ood_scores_<set>.png`` (per group: MSP histograms of the test split against OOD set ``<set>``, pooled over the
+runs, from ``ood_logits.npz``) and ``shift_calibration.png`` (accuracy, ECE and ECE after temperature scaling against
+the severity of ``shift=`` corruptions, per group a box over the corruptions, as Ovadia et al. 2019, Fig. 2).
+
+Selective classification (``test/aurc``, ``eaurc``, ``augrc``), OOD (``ood/<set>/<metric>_<score>``) and shift
+(``shift/<corruption>/s<severity>/<metric>``) tags are metrics like any other for ``--metrics``; AUROC and AUPR are
+best highest, FPR95 lowest.
 
 Bad input (an empty or non-sweep folder, no completed job, an unknown metric, a ``--by`` key no job has, a
 ``--ref`` that is no group, runs without the predictions a metric needs) raises :class:`CompareError`; the
@@ -340,7 +348,7 @@ def best_direction(tag: str) -> str | None:
     confidence, epoch: not marked), ``"min"`` (everything else)."""
     base = tag.rsplit("/", 1)[-1]
     base = base.removesuffix("_ts")
-    if base == "acc":
+    if base == "acc" or base.startswith(("auroc_", "aupr_")):  # OOD detection: ood/<set>/auroc_msp, ...
         return "max"
     if base == "temperature":
         return "one"
@@ -1030,6 +1038,7 @@ def to_markdown(cmp: Comparison, figures: Sequence[tuple[str, str]] = ()) -> str
         lines += [f"## Published numbers: {source}", "", *_md_table(_PUBLISHED_HEADER, rows), "",
                   "observed: mean over the group's runs [interval]; inside: whether the published value lies in "
                   "the interval.", ""]
+    lines += _calibration_markdown(cmp)
     if cmp.footer:
         lines += ["## How the statistics were made", "", *(f"- {line}" for line in cmp.footer), ""]
     if cmp.not_completed:
@@ -1042,6 +1051,60 @@ def to_markdown(cmp: Comparison, figures: Sequence[tuple[str, str]] = ()) -> str
             lines += [f"### {title}", "", f"![{title}]({rel})", ""]
         lines += [f"Note: {n}" for n in cmp.notes]
     return "\n".join(lines).rstrip() + "\n"
+
+
+# post-hoc calibration, as metrics.json names its tags: none (test/<metric>), temperature scaling (_ts) and the
+# other calibrators of calibration=[...] (_<method>)
+CALIBRATIONS = (("none", ""), ("temperature", "_ts"), ("vector", "_vector"), ("matrix", "_matrix"),
+                ("dirichlet", "_dirichlet"), ("histogram", "_histogram"), ("isotonic", "_isotonic"))
+
+
+def calibration_ranks(cmp: Comparison, metric: str) -> tuple[list[str], list[list[float]], list[list[int]]] | None:
+    """Does the ranking of the groups survive post-hoc calibration? For test metric ``metric`` (``ece``, ``nll``...):
+    the calibrations recorded for every completed run (:data:`CALIBRATIONS`), each group's mean over its runs
+    before and after each, and the group's rank under each (1 = best: lowest, or highest for accuracy; ties share
+    the lowest rank, as ``pandas.Series.rank(method="min")``).
+
+    Returns:
+        ``(calibration names, means[group][calibration], ranks[group][calibration])`` over the groups with completed
+        runs, in group order; ``None`` when fewer than two calibrations (none and one other) are recorded.
+    """
+    import numpy as np
+    import pandas as pd
+
+    live = [g for g in cmp.groups if g.completed]
+    base = f"test/{metric}"
+    present = [(name, suffix) for name, suffix in CALIBRATIONS
+               if live and all(np.isfinite(job.metric(base + suffix)) for g in live for job in g.completed)]
+    if len(present) < 2 or present[0][0] != "none":
+        return None
+    means = [[float(np.mean([job.metric(base + suffix) for job in g.completed])) for _, suffix in present]
+             for g in live]
+    lower_is_better = best_direction(base) != "max"
+    frame = pd.DataFrame(means)
+    ranks = frame.rank(axis=0, method="min", ascending=lower_is_better).astype(int).values.tolist()
+    return [name for name, _ in present], means, ranks
+
+
+def _calibration_markdown(cmp: Comparison) -> list[str]:
+    """A table per metric with calibrated variants: each group's mean and (rank) before and after each calibrator."""
+    live = [g for g in cmp.groups if g.completed]
+    lines: list[str] = []
+    for tag in cmp.metrics:
+        metric = short_name(tag)
+        found = calibration_ranks(cmp, metric) if tag.startswith("test/") and not tag.endswith("_ts") else None
+        if found is None:
+            continue
+        names, means, ranks = found
+        if not lines:
+            lines += ["## Does the ranking survive post-hoc calibration?", "",
+                      "Each group's mean over its runs after each calibrator fitted on the validation split, and its "
+                      "rank among the groups (1: best) in brackets.", ""]
+        header = [*cmp.keys, *names] if cmp.keys else ["group", *names]
+        rows = [[*_key_cells(cmp, cmp.groups.index(g), g, left_out=False),
+                 *(f"{m:.4g} ({r})" for m, r in zip(means[i], ranks[i]))] for i, g in enumerate(live)]
+        lines += [f"### test/{metric}", "", *_md_table(header, rows), ""]
+    return lines
 
 
 CSV_STATS = ("mean", "std", "n", "ci_low", "ci_high", "diff", "diff_ci_low", "diff_ci_high", "p", "mark")
@@ -1150,6 +1213,16 @@ def _draw_figures(cmp: Comparison, out: Path) -> list[tuple[str, str]]:
     else:
         cmp.notes.append("test/ece_ts missing (temperature_scaling=false?): ece_temperature_scaling.png not drawn")
 
+    found = calibration_ranks(cmp, "ece")
+    if found is not None and len(live) > 1:
+        names, _, ranks = found
+        plots.save_rank_lines(out / "calibration_ranks.png", [(g.label, c, r) for (g, c), r in zip(live, ranks)],
+                              names, "Rank of each group by test ECE before and after each post-hoc calibrator",
+                              "rank by test ECE (1: lowest)")
+        drawn.append(("calibration_ranks.png", "Does the ranking by ECE survive post-hoc calibration?"))
+
+    drawn += _robustness_figures(cmp, out, live)
+
     # the runs' own reliability diagrams, one figure per group
     inner = list(cmp.inner) or ["seed"]
     for i, (group, _) in enumerate(live, start=1):
@@ -1164,6 +1237,117 @@ def _draw_figures(cmp: Comparison, out: Path) -> list[tuple[str, str]]:
                               f"tile (left: before, right: after temperature scaling)")
         drawn.append((name, f"Reliability diagrams: {group.label}"))
     return drawn
+
+
+def _risk_on(grid, logits, labels):
+    """The selective risk ``E(c) / c`` at the coverages ``grid`` (in (0, 1]) of one run's test predictions, ``E``
+    (the fraction of all samples accepted and wrong) linear between the points of
+    ``ceexp.metrics.risk_coverage_curve``, as ``ceexp.metrics.aurc`` integrates it: the area under the curve is the
+    run's AURC."""
+    import numpy as np
+    import torch
+
+    from ceexp.metrics import risk_coverage_curve
+
+    z = torch.as_tensor(logits, dtype=torch.float32)  # the run's probabilities: softmax of the float32 logits
+    curve = risk_coverage_curve(z.softmax(dim=1), torch.as_tensor(labels, dtype=torch.int64))
+    coverage = np.concatenate([[0.0], curve.coverage.numpy()])
+    errors = np.concatenate([[0.0], curve.generalized_risk.numpy()])
+    return np.interp(grid, coverage, errors) / grid
+
+
+def _robustness_figures(cmp: Comparison, out: Path, live: list) -> list[tuple[str, str]]:
+    """Risk-coverage curves, OOD score histograms and calibration under shift (see the module docstring), each
+    drawn when some group's runs have what it needs; returns ``(file name, title)`` pairs."""
+    import numpy as np
+
+    from ceexp import plots
+    from ceexp.runs import read_ood_logits
+
+    drawn: list[tuple[str, str]] = []
+    grid = np.linspace(0.005, 1.0, 200)
+    curves = []
+    for group, color in live:
+        risks = []
+        for job in group.completed:
+            if job.has_predictions and len((p := job.predictions())["test_labels"]):
+                risks.append(_risk_on(grid, p["test_logits"], p["test_labels"]))
+        if risks:
+            r = np.array(risks)
+            aurc = np.nanmean([job.metric("test/aurc") for job in group.completed])
+            label = group.label + (f", AURC {aurc:.4f}" if np.isfinite(aurc) else "")
+            curves.append((label, color, grid, r.mean(0), r.min(0), r.max(0), len(r)))
+    if curves:
+        plots.save_curves(out / "risk_coverage.png", curves,
+                          "Risk-coverage of the test split (line: mean over runs; band: min to max)",
+                          "coverage (fraction of test samples accepted, most confident first)",
+                          "selective risk (error rate among them)", integer_x=False)
+        drawn.append(("risk_coverage.png", "Risk-coverage curves (selective classification)"))
+
+    # OOD: MSP histograms of the test split against each OOD set, pooled over each group's runs
+    per_set: dict[str, list] = {}
+    for group, color in live:
+        scores: dict[str, tuple[list, list]] = {}
+        for job in group.completed:
+            try:
+                ood = read_ood_logits(job.path)
+            except ValueError as e:
+                cmp.notes.append(str(e))
+                continue
+            if not ood or not job.has_predictions:
+                continue
+            msp_in = _msp(job.predictions()["test_logits"])
+            for name, logits in ood.items():
+                scores.setdefault(name, ([], []))[0].append(msp_in)
+                scores[name][1].append(_msp(logits))
+        for name, (inside, outside) in scores.items():
+            per_set.setdefault(name, []).append((f"{group.label} ({len(inside)} runs)", [
+                ("test split (in)", np.concatenate(inside), "tab:blue"),
+                (f"{name} (out)", np.concatenate(outside), "tab:red")]))
+    for name, panels in per_set.items():
+        file = f"ood_scores_{_slug(name)}.png"
+        plots.save_histograms(out / file, panels, f"MSP: test split (in) against {name} (out), runs pooled",
+                              "max softmax probability")
+        drawn.append((file, f"OOD scores (MSP): test split against {name}"))
+
+    # shift: accuracy and ECE against severity, a box over the corruptions per group and severity
+    pattern = re.compile(r"shift/(?P<corruption>[^/]+)/s(?P<severity>\d+)/(?P<metric>[a-z_]+)")
+    metrics = (("acc", "test/acc", "accuracy"), ("ece", "test/ece", "ECE"),
+               ("ece_ts", "test/ece_ts", "ECE after temperature scaling"))
+    panels: dict[str, dict] = {m: {} for m, _, _ in metrics}
+    severities: set[int] = set()
+    for g, (group, _) in enumerate(live):
+        for metric, clean, _ in metrics:
+            cells: dict[int, dict[str, list]] = {}
+            for job in group.completed:
+                for tag in job.record:
+                    m = pattern.fullmatch(tag)
+                    if m and m["metric"] == metric:
+                        cells.setdefault(int(m["severity"]), {}).setdefault(m["corruption"], []).append(job.metric(tag))
+            if not cells:
+                continue
+            severities.update(cells)
+            boxes = {s: [np.nanmean(v) for v in by_corruption.values()] for s, by_corruption in cells.items()}
+            boxes[0] = [np.nanmean([job.metric(clean) for job in group.completed])]
+            panels[metric][g] = boxes
+    shown = [(label, panels[m]) for m, _, label in metrics if panels[m]]
+    if shown:
+        plots.save_severity_boxes(
+            out / "shift_calibration.png", shown, [(g.label, c) for g, c in live], [0, *sorted(severities)],
+            "Under distribution shift: the test split corrupted (shift=...), per group and severity",
+            "each box: the corruptions at that severity (per corruption the mean over the group's runs); "
+            f"{_bins_text(cmp)}")
+        drawn.append(("shift_calibration.png", "Accuracy and ECE under distribution shift"))
+    return drawn
+
+
+def _msp(logits):
+    """Maximum softmax probability per row of ``logits`` ``(N, C)``, float64 numpy."""
+    import numpy as np
+
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    return 1.0 / np.exp(z).sum(axis=1)
 
 
 def write_report(cmp: Comparison, out_dir: str | Path | None = None) -> list[Path]:

@@ -6,6 +6,8 @@ Each data set is a folder ``<data.root>/<name>/`` holding its files exactly as d
                              t10k-images-idx3-ubyte.gz   t10k-labels-idx1-ubyte.gz     (gzipped IDX)
     cifar10/                 cifar-10-python.tar.gz                                    (python pickles)
     cifar100/                cifar-100-python.tar.gz
+    svhn/                    test_32x32.mat                                            (MATLAB 5, out-of-distribution)
+    cifar10_c/, cifar100_c/  CIFAR-10-C.tar, CIFAR-100-C.tar                           (tar of .npy, 2.9 GB each)
 
 Checksums are the published ones (the same as torchvision's). :func:`download` tries each mirror in turn,
 streams into a temporary file beside the target while computing the MD5, and renames it into place only
@@ -74,6 +76,16 @@ RESOURCES: dict[str, Resource] = {
                         ("https://www.cs.toronto.edu/~kriz/",)),
     "cifar100": Resource({"cifar-100-python.tar.gz": "eb9058c3a382ffc7106e4002c42a8d85"},
                          ("https://www.cs.toronto.edu/~kriz/",)),
+    # Netzer et al. 2011, "Reading digits in natural images with unsupervised feature learning": the test split of
+    # the cropped digits (26,032 images), an out-of-distribution set for digit classifiers; torchvision's MD5
+    "svhn": Resource({"test_32x32.mat": "eb5a983be6a315427106f1b164d9cef3"},
+                     ("http://ufldl.stanford.edu/housenumbers/",)),
+    # Hendrycks & Dietterich 2019, "Benchmarking neural network robustness to common corruptions and perturbations":
+    # Zenodo records 2535967 and 3555552 (the MD5s are Zenodo's; /record/ is the pre-2023 form of the address)
+    "cifar10_c": Resource({"CIFAR-10-C.tar": "56bf5dcef84df0e2308c6dcbcbbd8499"},
+                          ("https://zenodo.org/records/2535967/files/", "https://zenodo.org/record/2535967/files/")),
+    "cifar100_c": Resource({"CIFAR-100-C.tar": "11f0ed0f1191edbf9fa23466ae6021d3"},
+                           ("https://zenodo.org/records/3555552/files/", "https://zenodo.org/record/3555552/files/")),
 }
 
 

@@ -1149,3 +1149,322 @@ class BrierScore(_ProbabilityMetric):
 
     def compute(self) -> Tensor:
         return self.sum_squares / self.count  # 0 / 0 = NaN before any update
+
+
+# ---------------------------------------------------------------------------------------------------------
+# selective classification: risk-coverage curves and the areas under them
+
+
+class RiskCoverageCurve(NamedTuple):
+    """The risk-coverage curve of a confidence ranking: one point per distinct confidence.
+
+    Point ``k`` accepts every sample whose confidence is at least ``threshold[k]`` (a tied group is accepted or
+    rejected whole) and rejects the rest.
+
+    Attributes:
+        threshold: ``(K,)`` the distinct confidences, decreasing, in the confidence's dtype.
+        coverage: ``(K,)`` fraction of the N samples accepted, increasing, the last exactly 1 (float64).
+        selective_risk: ``(K,)`` fraction of the accepted samples whose top-label prediction is wrong (float64).
+        generalized_risk: ``(K,)`` fraction of *all* N samples that are accepted and wrong:
+            ``selective_risk * coverage`` (float64).
+        count: ``(K,)`` number of samples accepted (int64).
+        errors: ``(K,)`` number of accepted samples that are wrong (int64).
+    """
+
+    threshold: Tensor
+    coverage: Tensor
+    selective_risk: Tensor
+    generalized_risk: Tensor
+    count: Tensor
+    errors: Tensor
+
+
+def _selective_inputs(probs: Tensor, target: Tensor, confidence: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Validated (confidence ``(N,)``, correct ``(N,)`` bool): the top-label confidence unless one is given."""
+    check_probabilities(probs, target)
+    top, correct = _top_label(probs, target)
+    if confidence is None:
+        return top, correct
+    if not isinstance(confidence, Tensor) or confidence.shape != (probs.shape[0],):
+        shape = tuple(confidence.shape) if isinstance(confidence, Tensor) else type(confidence).__name__
+        raise ValueError(f"Expected `confidence` to have shape (N,) with N={probs.shape[0]}, but got {shape}")
+    if not confidence.is_floating_point():
+        raise ValueError(f"Expected `confidence` to be a floating tensor, but got dtype {confidence.dtype}")
+    if not torch.isfinite(confidence).all():
+        raise ValueError("Expected `confidence` to be finite, but it contains NaN or inf")
+    return confidence.to(probs.device), correct
+
+
+def _risk_coverage_compute(confidence: Tensor, correct: Tensor) -> RiskCoverageCurve:
+    """The curve of :class:`RiskCoverageCurve` from ``N >= 1`` confidences and correctness flags (any order)."""
+    n = confidence.numel()
+    ordered, order = torch.sort(confidence, descending=True, stable=True)
+    threshold, size = torch.unique_consecutive(ordered, return_counts=True)
+    count = size.cumsum(0)
+    errors = (~correct[order]).to(torch.int64).cumsum(0)[count - 1]
+    coverage = count.to(_ACC) / n
+    return RiskCoverageCurve(threshold, coverage, errors / count.to(_ACC), errors.to(_ACC) / n, count, errors)
+
+
+def _aurc_compute(count: Tensor, errors: Tensor) -> Tensor:
+    r"""Area under the selective-risk curve with the error count linear in the coverage within each tied group.
+
+    Group k takes the coverage from :math:`c_{k-1} = n_{k-1} / N` to :math:`c_k = n_k / N` and adds
+    :math:`g_k` errors among its :math:`b_k = n_k - n_{k-1}` samples; accepting a fraction of the group (any
+    fraction of it, at random) makes the expected error fraction :math:`E(c) = a_k + s_k c` with
+    :math:`s_k = g_k / b_k` and :math:`a_k = (e_{k-1} - s_k n_{k-1}) / N`, so its area is
+    :math:`\int_{c_{k-1}}^{c_k} E(c) / c\, dc = g_k / N + a_k \ln(n_k / n_{k-1})`, the log term absent for
+    the first group (:math:`a_1 = 0`: its risk is the constant :math:`s_1` down to coverage 0).
+    """
+    n = count[-1].to(_ACC)
+    count, errors = count.to(_ACC), errors.to(_ACC)
+    prev_count = torch.cat([count.new_zeros(1), count[:-1]])
+    prev_errors = torch.cat([errors.new_zeros(1), errors[:-1]])
+    gained, size = errors - prev_errors, count - prev_count
+    offset = prev_errors - gained * prev_count / size
+    # log1p(b / n_prev) = ln(n_k / n_{k-1}); the first group (n_prev = 0) has offset 0 and no log term
+    log_ratio = torch.where(prev_count > 0, torch.log1p(size / prev_count.clamp(min=1)), 0.0)
+    return (gained + offset * log_ratio).sum() / n
+
+
+def _augrc_compute(count: Tensor, errors: Tensor) -> Tensor:
+    """Trapezoidal area under the generalized risk ``e / N`` over the coverage ``n / N``, from (0, 0): exact for
+    an error count linear in the coverage within each tied group."""
+    n = count[-1].to(_ACC)
+    count, errors = count.to(_ACC), errors.to(_ACC)
+    prev_count = torch.cat([count.new_zeros(1), count[:-1]])
+    prev_errors = torch.cat([errors.new_zeros(1), errors[:-1]])
+    return ((errors + prev_errors) * (count - prev_count)).sum() / (2 * n * n)
+
+
+def _oracle_aurc(error_rate: Tensor) -> Tensor:
+    """AURC of a ranking that puts every right prediction above every wrong one: ``r + (1 - r) ln(1 - r)``."""
+    return error_rate + torch.xlogy(1 - error_rate, 1 - error_rate)
+
+
+def risk_coverage_curve(probs: Tensor, target: Tensor, confidence: Tensor | None = None) -> RiskCoverageCurve:
+    r"""Risk-coverage curve of selective classification: reject the least confident, measure the error on the rest.
+
+    The prediction is the top label :math:`\arg\max_c p_{ic}` (ties: the lowest class index); the confidence
+    :math:`\kappa_i` is :math:`\max_c p_{ic}` unless ``confidence`` is given. For each distinct confidence
+    :math:`t`, the samples with :math:`\kappa_i \ge t` are accepted:
+
+    .. math::
+        \mathrm{coverage}(t) = \frac{|\{i: \kappa_i \ge t\}|}{N},\qquad
+        \mathrm{risk}(t) = \frac{|\{i: \kappa_i \ge t,\ \hat y_i \ne y_i\}|}{|\{i: \kappa_i \ge t\}|},\qquad
+        \mathrm{generalized\ risk}(t) = \frac{|\{i: \kappa_i \ge t,\ \hat y_i \ne y_i\}|}{N}.
+
+    Ties: samples of equal confidence are accepted or rejected together, so the curve has one point per
+    distinct confidence (K points, K <= N), and it does not depend on the order of the samples. No point at
+    coverage 0 is included (:func:`aurc` and :func:`augrc` say how they close the curve there).
+
+    Args:
+        probs: ``(N, C)`` floating class probabilities (rows sum to 1).
+        target: ``(N,)`` int64 class indices in ``[0, C)``.
+        confidence: optional ``(N,)`` floating, finite confidence scores (higher = more confident) to rank by
+            instead of the maximum probability; the predictions stay the argmax of ``probs``.
+
+    Returns:
+        :class:`RiskCoverageCurve` ``(threshold, coverage, selective_risk, generalized_risk, count, errors)``,
+        each ``(K,)``, ordered by decreasing threshold (increasing coverage); risks and coverage are float64
+        fractions in ``[0, 1]``.
+
+    Raises:
+        ValueError: if ``probs`` / ``target`` fail :func:`ceexp.checks.check_probabilities`, or ``confidence``
+            is not a finite floating ``(N,)`` tensor.
+
+    References:
+        El-Yaniv & Wiener (2010), "On the Foundations of Noise-free Selective Classification", JMLR (the
+        risk-coverage curve); Geifman & El-Yaniv (2017), "Selective Classification for Deep Neural Networks",
+        NeurIPS; Traub et al. (2024), "Overcoming Common Flaws in the Evaluation of Selective Classification
+        Systems", NeurIPS (the generalized risk), and their ``fd_shifts.analysis.rc_stats_utils``, which also
+        puts one point per distinct confidence.
+
+    Example:
+        Confidences 0.9 (right), 0.8 and 0.8 (one right, one wrong), 0.6 (wrong):
+
+        >>> probs = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.2, 0.8], [0.6, 0.4]])
+        >>> curve = risk_coverage_curve(probs, torch.tensor([0, 0, 0, 1]))
+        >>> curve.threshold
+        tensor([0.9000, 0.8000, 0.6000])
+        >>> curve.coverage
+        tensor([0.2500, 0.7500, 1.0000], dtype=torch.float64)
+        >>> curve.selective_risk
+        tensor([0.0000, 0.3333, 0.5000], dtype=torch.float64)
+        >>> curve.generalized_risk
+        tensor([0.0000, 0.2500, 0.5000], dtype=torch.float64)
+    """
+    return _risk_coverage_compute(*_selective_inputs(probs, target, confidence))
+
+
+def aurc(probs: Tensor, target: Tensor, confidence: Tensor | None = None) -> Tensor:
+    r"""Area under the risk-coverage curve, AURC (lower is better), in ``[0, 1]``.
+
+    .. math::
+        \mathrm{AURC} = \int_0^1 \mathrm{risk}(c)\, dc,\qquad
+        \mathrm{risk}(c) = \frac{E(c)}{c},
+
+    where :math:`E(c)` is the fraction of all samples that are accepted and wrong at coverage :math:`c`. At the
+    points of :func:`risk_coverage_curve` it is the generalized risk; between two points the next tied group is
+    being accepted, and :math:`E` is taken linear in :math:`c` there: the expected error count when a random part
+    of the group is accepted (breaking its ties at random). The integral is exact (a log term per group, see
+    :func:`_aurc_compute`); below the first point the risk is that of the first group. The value is therefore the
+    same for any order of the samples and any split of the ties, and no tie can do better than the oracle
+    ranking (:func:`eaurc` >= 0).
+
+    Without ties it is within O(log N / N) of Geifman et al.'s mean selective risk over the coverages
+    ``1/N, ..., 1``. It equals fd-shifts' ``evaluate_auc(risk="selective-risk", interpolation="non-linear")``
+    over all curve points (divided by fd-shifts' display scale 1000), not their default trapezoid, which rewards
+    ties: a model that gives every right prediction one confidence and every wrong one a lower one gets a
+    trapezoid of ``r^2 / 2`` (``r`` the error rate), below the oracle's ``r + (1 - r) ln(1 - r)``.
+
+    Args:
+        probs: ``(N, C)`` floating class probabilities (rows sum to 1).
+        target: ``(N,)`` int64 class indices in ``[0, C)``.
+        confidence: optional ``(N,)`` floating, finite confidence scores to rank by instead of ``max_c p_c``.
+
+    Returns:
+        A 0-dim tensor, a fraction in ``[0, 1]`` (computed in float64): float32 for float16 or bfloat16 ``probs``,
+        else ``probs``' dtype. 0 when every prediction is right, 1 when every one is wrong.
+
+    Raises:
+        ValueError: as :func:`risk_coverage_curve`.
+
+    References:
+        Geifman, Uziel & El-Yaniv (2019), "Bias-Reduced Uncertainty Estimation for Deep Neural Classifiers",
+        ICLR, Sec. 2 (AURC, E-AURC); Traub et al. (2024), NeurIPS, Sec. 3 and Appendix (interpolation of the
+        curve between its points, ``fd_shifts.analysis.rc_stats.RiskCoverageStatsMixin.evaluate_auc``).
+
+    Example:
+        Confidence 0.9 wrong, 0.8 right: risk 1 up to coverage 1/2, then 0.5 / c: 1/2 + ln(2)/2 = 0.8466.
+        The other ranking (right above wrong): 0 then (c - 1/2) / c: 1/2 - ln(2)/2 = 0.1534, the oracle.
+
+        >>> probs = torch.tensor([[0.9, 0.1], [0.8, 0.2]], dtype=torch.float64)
+        >>> aurc(probs, torch.tensor([1, 0]))
+        tensor(0.8466, dtype=torch.float64)
+        >>> aurc(probs, torch.tensor([0, 1]))
+        tensor(0.1534, dtype=torch.float64)
+    """
+    confidence, correct = _selective_inputs(probs, target, confidence)
+    curve = _risk_coverage_compute(confidence, correct)
+    return _aurc_compute(curve.count, curve.errors).to(working_dtype(probs.dtype))
+
+
+def eaurc(probs: Tensor, target: Tensor, confidence: Tensor | None = None) -> Tensor:
+    r"""Excess AURC: :func:`aurc` minus the AURC of an oracle ranking of the same predictions (lower is better).
+
+    The oracle puts every right prediction above every wrong one; with error rate
+    :math:`r = 1 - \mathrm{accuracy}` its curve is 0 up to coverage :math:`1 - r` and :math:`(c - (1 - r)) / c`
+    after, so
+
+    .. math::
+        \mathrm{E\text{-}AURC} = \mathrm{AURC} - \left(r + (1 - r) \ln(1 - r)\right)
+
+    (:math:`0 \ln 0 = 0`). Geifman et al. give this closed form as the continuous limit of their discrete
+    AURC; under the interpolation of :func:`aurc` it is exact, so a perfect ranking, tied or not, scores 0 (up
+    to rounding, about 1e-16) and every ranking scores >= 0. The ranking quality apart from the accuracy.
+
+    Args:
+        probs: ``(N, C)`` floating class probabilities (rows sum to 1).
+        target: ``(N,)`` int64 class indices in ``[0, C)``.
+        confidence: optional ``(N,)`` floating, finite confidence scores to rank by instead of ``max_c p_c``.
+
+    Returns:
+        A 0-dim tensor, a fraction in ``[0, 1]`` (computed in float64): float32 for float16 or bfloat16 ``probs``,
+        else ``probs``' dtype. 0 when every prediction is right or every one is wrong.
+
+    Raises:
+        ValueError: as :func:`risk_coverage_curve`.
+
+    References:
+        Geifman, Uziel & El-Yaniv (2019), "Bias-Reduced Uncertainty Estimation for Deep Neural Classifiers",
+        ICLR, Sec. 2 (E-AURC and the optimal AURC ``r + (1 - r) ln(1 - r)``); fd-shifts'
+        ``RiskCoverageStatsMixin.aurc_optimal`` uses the same closed form.
+
+    Example:
+        Ranking wrong above right (AURC 0.8466) against the oracle (0.1534): 0.6931 = ln 2; the oracle
+        ranking itself: 0.
+
+        >>> probs = torch.tensor([[0.9, 0.1], [0.8, 0.2]], dtype=torch.float64)
+        >>> eaurc(probs, torch.tensor([1, 0]))
+        tensor(0.6931, dtype=torch.float64)
+        >>> eaurc(probs, torch.tensor([0, 1])).abs() < 1e-15
+        tensor(True)
+    """
+    confidence, correct = _selective_inputs(probs, target, confidence)
+    curve = _risk_coverage_compute(confidence, correct)
+    value = _aurc_compute(curve.count, curve.errors) - _oracle_aurc(curve.generalized_risk[-1])
+    return value.to(working_dtype(probs.dtype))
+
+
+def augrc(probs: Tensor, target: Tensor, confidence: Tensor | None = None) -> Tensor:
+    r"""Area under the generalized risk-coverage curve, AUGRC (lower is better), in ``[0, 1/2]``.
+
+    The generalized risk at coverage :math:`c` is the fraction of *all* samples that are accepted and wrong,
+    :math:`E(c)` (the selective risk times the coverage): the AUGRC is the probability of a silent failure (a
+    wrong prediction that is accepted), averaged over the coverages:
+
+    .. math::
+        \mathrm{AUGRC} = \int_0^1 E(c)\, dc
+        = \sum_k \frac{E_{k-1} + E_k}{2} (c_k - c_{k-1}),\qquad (c_0, E_0) = (0, 0),
+
+    over the points :math:`(c_k, E_k)` of :func:`risk_coverage_curve`. :math:`E` is linear within a tied group
+    (the expected error count when a random part of the group is accepted), so the trapezoid is exact and the
+    value does not depend on the order of the samples. This is the AUGRC of Traub et al.'s fd-shifts
+    (``RiskCoverageStatsMixin.augrc``, divided by its display scale 1000), ties included. The oracle ranking
+    scores :math:`r^2 / 2` (:math:`r` the error rate).
+
+    Args:
+        probs: ``(N, C)`` floating class probabilities (rows sum to 1).
+        target: ``(N,)`` int64 class indices in ``[0, C)``.
+        confidence: optional ``(N,)`` floating, finite confidence scores to rank by instead of ``max_c p_c``.
+
+    Returns:
+        A 0-dim tensor, a fraction in ``[0, 1/2]`` (computed in float64): float32 for float16 or bfloat16
+        ``probs``, else ``probs``' dtype. 0 when every prediction is right, 1/2 when every one is wrong.
+
+    Raises:
+        ValueError: as :func:`risk_coverage_curve`.
+
+    References:
+        Traub, Bungert, Lüth, Baumgartner, Maier-Hein, Maier-Hein & Jaeger (2024), "Overcoming Common Flaws in
+        the Evaluation of Selective Classification Systems", NeurIPS (arXiv:2407.01032), Sec. 4 (AUGRC);
+        ``fd_shifts.analysis.rc_stats_utils.generalized_risk_stats``.
+
+    Example:
+        Confidence 0.9 wrong, 0.8 right: E = 1/2 from coverage 1/2 on, area 1/8 + 1/4 = 0.375. Right above
+        wrong: E rises from 0 at coverage 1/2 to 1/2 at 1, area 1/8 = r^2 / 2.
+
+        >>> probs = torch.tensor([[0.9, 0.1], [0.8, 0.2]], dtype=torch.float64)
+        >>> augrc(probs, torch.tensor([1, 0]))
+        tensor(0.3750, dtype=torch.float64)
+        >>> augrc(probs, torch.tensor([0, 1]))
+        tensor(0.1250, dtype=torch.float64)
+    """
+    confidence, correct = _selective_inputs(probs, target, confidence)
+    curve = _risk_coverage_compute(confidence, correct)
+    return _augrc_compute(curve.count, curve.errors).to(working_dtype(probs.dtype))
+
+
+def _aurc_tag(probs: Tensor, target: Tensor, n_bins: int = 15) -> Tensor:
+    return aurc(probs, target)
+
+
+def _eaurc_tag(probs: Tensor, target: Tensor, n_bins: int = 15) -> Tensor:
+    return eaurc(probs, target)
+
+
+def _augrc_tag(probs: Tensor, target: Tensor, n_bins: int = 15) -> Tensor:
+    return augrc(probs, target)
+
+
+SELECTIVE_FUNCTIONS: dict[str, Callable[..., Tensor]] = {
+    "aurc": _aurc_tag,
+    "eaurc": _eaurc_tag,
+    "augrc": _augrc_tag,
+}
+"""Tag -> ``f(probs (N, C), target (N,), n_bins=15) -> 0-dim tensor`` for the selective-classification metrics
+(ranked by the top-label confidence; ``n_bins`` ignored), the signature of :data:`METRIC_FUNCTIONS`. Kept apart
+from it because ``METRIC_FUNCTIONS`` lists exactly what ``ceexp.module.EvalMetrics`` logs."""
+
+__all__ += ["SELECTIVE_FUNCTIONS", "RiskCoverageCurve", "aurc", "augrc", "eaurc", "risk_coverage_curve"]

@@ -1,8 +1,10 @@
 """The LightningModule that wires a model, a loss and the calibration metrics together.
 
 It knows nothing about which loss or dataset it holds: the loss is any ``nn.Module`` taking
-logits ``(N, C)`` and int64 targets ``(N,)``. Besides the training objective (``*/loss``) it
-always logs the cross-entropy of the predictions (``*/nll``, nats), so runs trained with
+logits ``(N, C)`` and int64 targets ``(N,)``. A one-logit head (``loss=bce``, ``sigmoid_focal``: logits ``(N, 1)``)
+is measured as the two-class logits ``[0, z]`` (``ceexp.losses.class_logits``: probabilities ``[1 - p, p]``), so
+every metric, diagram, temperature and prediction file reads as for a two-logit model. Besides the training
+objective (``*/loss``) it always logs the cross-entropy of the predictions (``*/nll``, nats), so runs trained with
 different objectives are compared on the same axis.
 
 ``*/loss`` is the objective per sample: a loss with ``reduction="sum"`` is divided by the batch size. Its epoch
@@ -18,7 +20,8 @@ TensorBoard tags (x axis: the global step):
                 ``ceexp.callbacks.ReliabilityDiagrams`` from :attr:`ClassifierModule.val_metrics`)
     test:       ``test/*`` as for val; with a fitted temperature T also ``test/temperature`` and
                 ``test/{nll,nll_bits,acc,ece,mce,adaece,cwece,brier,confidence,smece,ece_debiased,ece_signed}_ts``
-                (metrics of logits / T)
+                (metrics of logits / T); from the gathered test logits, the selective-classification metrics
+                ``test/{aurc,eaurc,augrc}`` (and ``_ts``; :func:`selective_metrics`)
 """
 from __future__ import annotations
 
@@ -30,11 +33,12 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanMetric
 
+from ceexp.losses import class_logits
 from ceexp.metrics import (
     AdaptiveCalibrationError, BrierScore, CalibrationError, ClasswiseCalibrationError, nats_to_bits,
 )
 
-__all__ = ["ClassifierModule", "EvalMetrics", "mean_denominator"]
+__all__ = ["ClassifierModule", "EvalMetrics", "mean_denominator", "selective_metrics"]
 
 
 def mean_denominator(loss: nn.Module, target: torch.Tensor) -> torch.Tensor:
@@ -57,6 +61,33 @@ def mean_denominator(loss: nn.Module, target: torch.Tensor) -> torch.Tensor:
     if isinstance(loss, (nn.CrossEntropyLoss, nn.NLLLoss)) and weight is not None:
         return weight.to(target.device)[target[keep]].sum().float()
     return keep.sum().float()
+
+
+def selective_metrics(logits: torch.Tensor, target: torch.Tensor, temperature: Optional[float] = None,
+                      prefix: str = "test/") -> dict[str, float]:
+    """The selective-classification metrics of a whole split (``ceexp.metrics.SELECTIVE_FUNCTIONS``: ``aurc``,
+    ``eaurc``, ``augrc``, fractions, ranked by the top-label probability), and with a temperature T the same of
+    ``logits / T`` (``_ts``; the ranking of the samples can change with T).
+
+    Not accumulated per batch like :class:`EvalMetrics`: a risk-coverage curve needs every sample's confidence, so
+    it is computed once from the gathered split. The probabilities are those of the other metrics, the softmax of
+    the float32 logits (so ``ceexp.bootstrap`` recomputes the same values from ``predictions.npz``); confidences
+    that round to the same float32 are ties, which the definitions accept together.
+
+    Args:
+        logits: ``(N, C)`` the whole split's logits; target: ``(N,)`` int64.
+
+    Returns:
+        ``{f"{prefix}{tag}[_ts]": float}``; ``{}`` when the split is empty.
+    """
+    from ceexp.metrics import SELECTIVE_FUNCTIONS
+
+    if logits.numel() == 0:
+        return {}
+    z = logits.float()
+    scaled = [("", z)] + ([] if temperature is None else [("_ts", z / temperature)])
+    return {f"{prefix}{tag}{suffix}": float(fn(z.softmax(dim=1), target))
+            for suffix, z in scaled for tag, fn in SELECTIVE_FUNCTIONS.items()}
 
 
 class EvalMetrics(nn.Module):
@@ -137,6 +168,10 @@ class ClassifierModule(pl.LightningModule):
         temperature: ``None``, or a fitted temperature T > 0; when set, ``test`` also logs metrics of ``logits / T``.
         test_logits, test_labels: after ``trainer.test``, the whole test split's logits ``(N, C)`` float32 and
             labels ``(N,)`` int64 on the CPU (gathered from every process), in split order.
+        test_results: after ``trainer.test``, the logged ``test/*`` values, ``{tag: float}``.
+        val_logits, val_labels, val_step: the last validation's logits ``(N, C)`` float32 and labels ``(N,)`` int64 on
+            the CPU (this process's part of the split, in its order) and the global step of its weights (-1: none),
+            so temperature scaling needs no second pass over the validation split.
     """
 
     def __init__(
@@ -167,7 +202,13 @@ class ClassifierModule(pl.LightningModule):
         # the test split's logits and labels after trainer.test (what predictions.npz holds)
         self.test_logits: Optional[torch.Tensor] = None
         self.test_labels: Optional[torch.Tensor] = None
+        self.test_results: dict[str, float] = {}
         self._test_outputs: list = []
+        # the last validation's logits and labels (this process's part of the split) and the step it validated
+        self.val_logits: Optional[torch.Tensor] = None
+        self.val_labels: Optional[torch.Tensor] = None
+        self.val_step = -1
+        self._val_outputs: list = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -183,7 +224,7 @@ class ClassifierModule(pl.LightningModule):
         n = y.numel()
         per_sample = self._per_sample(loss.detach(), n)
         self.train_loss.update(per_sample, weight=self._batch_weight(y))
-        self.train_nll.update(F.cross_entropy(logits.detach().float(), y, reduction="none"))
+        self.train_nll.update(F.cross_entropy(class_logits(logits.detach().float()), y, reduction="none"))
         # self.log costs ~1.5 ms a call on CPU: call it only on the steps the logger writes (0: never), which
         # include the step that ends training by max_steps
         every, max_steps = self.trainer.log_every_n_steps, self.trainer.max_steps
@@ -204,37 +245,56 @@ class ClassifierModule(pl.LightningModule):
         return mean_denominator(self.loss, target)
 
     def on_train_epoch_end(self) -> None:
-        self.log_dict(
-            {"train/loss_epoch": self.train_loss.compute(), "train/nll": self.train_nll.compute()},
-            on_step=False,
-            on_epoch=True,
-        )
+        # at the last training step, where Lightning logs a training epoch's values (not one step later)
+        self._log_epoch({"train/loss_epoch": float(self.train_loss.compute()), "train/nll": float(self.train_nll.compute()),
+                         "step": float(max(self.global_step - 1, 0)), "epoch": float(self.current_epoch)})
         self.train_loss.reset()
         self.train_nll.reset()
 
+    def _log_epoch(self, values: dict[str, float]) -> None:
+        """Log one epoch's values: to every logger through Lightning's own logger path (step: the optimizer steps so
+        far, and the ``epoch``, as ``self.log`` at an epoch's end would; a ``step`` key sets the step), and into
+        ``trainer.callback_metrics``, where checkpoint monitors, early stopping and ``ceexp.callbacks`` read them.
+
+        Not ``self.log_dict``: on the CPU ``self.log`` costs ~1 ms a value (its result collection moves each value's
+        state), and a validation epoch has 15 values, already reduced across processes by torchmetrics.
+        """
+        trainer = self.trainer
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in values.items() if k != "step"})
+        trainer._logger_connector.log_metrics(dict(values))
+
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y = batch
-        logits = self.model(x)
-        self.val_metrics.update(logits, y, self._per_sample(self.loss(logits, y), y.numel()), self._batch_weight(y))
+        raw = self.model(x)
+        logits = class_logits(raw)
+        self.val_metrics.update(logits, y, self._per_sample(self.loss(raw, y), y.numel()), self._batch_weight(y))
+        self._val_outputs.append((logits.detach().float().cpu(), y.cpu()))
 
     def on_validation_epoch_start(self) -> None:
         # reset here, not at the epoch's end: the reliability diagram is drawn from them after the epoch
         self.val_metrics.reset()
+        self._val_outputs = []
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return
+        outputs, self._val_outputs = self._val_outputs, []
+        if outputs:
+            self.val_logits = torch.cat([o[0] for o in outputs])
+            self.val_labels = torch.cat([o[1] for o in outputs])
+            self.val_step = self.global_step
         logged = {f"val/{k}": v for k, v in self.val_metrics.compute().items()}
         if self.trainer.state.fn == "validate" and self.global_step > 0:
             # the final weights validated after fit (ceexp.callbacks.validate_final_weights): logged at the last
             # training step and epoch, where the epoch's own validation would have been, not one step later
             logged.update(step=float(self.global_step - 1), epoch=float(max(self.current_epoch - 1, 0)))
-        self.log_dict(logged)
+        self._log_epoch(logged)
 
     def test_step(self, batch, batch_idx: int) -> None:
         x, y = batch
-        logits = self.model(x)
-        self.test_metrics.update(logits, y, self._per_sample(self.loss(logits, y), y.numel()), self._batch_weight(y))
+        raw = self.model(x)
+        logits = class_logits(raw)
+        self.test_metrics.update(logits, y, self._per_sample(self.loss(raw, y), y.numel()), self._batch_weight(y))
         if self.temperature is not None:
             self.test_metrics_ts.update(logits / self.temperature, y)
         self._test_outputs.append((logits.detach().float().cpu(), y.cpu()))
@@ -242,6 +302,7 @@ class ClassifierModule(pl.LightningModule):
     def on_test_epoch_start(self) -> None:
         self.test_metrics.reset()
         self.test_metrics_ts.reset()
+        self.test_results = {}
         self._test_outputs = []
 
     def on_test_epoch_end(self) -> None:
@@ -250,9 +311,11 @@ class ClassifierModule(pl.LightningModule):
         if self.temperature is not None:
             values["test/temperature"] = float(self.temperature)
             values.update({f"test/{k}_ts": v for k, v in self.test_metrics_ts.compute().items()})
-        self.log_dict(values)
         self.test_logits, self.test_labels = self._gather_test_outputs()
         self._test_outputs = []
+        values.update(selective_metrics(self.test_logits, self.test_labels, self.temperature))
+        self.test_results = values
+        self._log_epoch(values)
 
     def _gather_test_outputs(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The whole test split's logits ``(N, C)`` float32 and labels ``(N,)`` int64, on the CPU, in split order.
@@ -271,7 +334,7 @@ class ClassifierModule(pl.LightningModule):
 
     def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0):
         x, y = batch
-        return self.model(x), y
+        return class_logits(self.model(x)), y
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         # dropout draws from the global RNG: reseed it from (seed, epoch) at each epoch's first batch, so epoch

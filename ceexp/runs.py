@@ -12,7 +12,7 @@ same folder from ``checkpoints/last.ckpt`` (see :func:`resume_argv`).
 
 Reading a run folder (everything else reads through these): :func:`read_metrics` (``metrics.json``),
 :func:`read_overrides`, :func:`read_choices` and :func:`read_config` (``.hydra/``), :func:`read_hparams`
-(``hparams.yaml``), :func:`has_predictions` / :func:`read_predictions`; :func:`find_runs` (every run folder under
+(``hparams.yaml``), :func:`has_predictions` / :func:`read_predictions`, :func:`read_ood_logits`; :func:`find_runs` (every run folder under
 some folders, symbolic links followed) and :func:`sweep_jobs` (the jobs a sweep launched).
 
 A sweep folder: ``<job number>_<overrides>/`` per job, named by :func:`job_folder_name` (registered as the
@@ -31,6 +31,7 @@ __all__ = [
     "PREDICTIONS", "STATUSES", "RunInterrupted", "SweepJob", "SweepRecord", "find_runs", "has_predictions",
     "is_run", "job_folder_name", "read_choices", "read_config", "read_hparams", "read_metrics", "read_overrides",
     "read_predictions", "read_status", "resume_argv", "sweep_jobs", "write_predictions", "write_status",
+    "OOD_LOGITS", "read_ood_logits", "write_ood_logits",
 ]
 
 STATUSES = ("running", "completed", "failed", "interrupted")
@@ -268,6 +269,45 @@ def read_predictions(run_dir: str | Path) -> dict:
         raise ValueError(f"{path} is unreadable: {e}") from e
     out["temperature"] = float(out["temperature"])
     return out
+
+
+OOD_LOGITS = "ood_logits.npz"
+
+
+def write_ood_logits(run_dir: str | Path, logits: dict) -> Path:
+    """Write ``<run_dir>/ood_logits.npz`` atomically: the tested model's logits on each OOD set of ``ood=[...]``
+    (``{set name: (N_set, C)}``, stored as float32), beside ``predictions.npz`` whose test logits are the
+    in-distribution side; every ``ood/<set>/*`` metric can be recomputed from the two."""
+    import io
+
+    import numpy as np
+
+    from ceexp.files import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **{name: np.ascontiguousarray(x.detach().cpu().float().numpy() if hasattr(x, "detach") else x,
+                                                   dtype=np.float32) for name, x in logits.items()})
+    return atomic_write_bytes(Path(run_dir) / OOD_LOGITS, buffer.getvalue())
+
+
+def read_ood_logits(run_dir: str | Path) -> dict:
+    """``{set name: (N_set, C) float32}`` of ``<run_dir>/ood_logits.npz``; ``{}`` when the run has none.
+
+    Raises:
+        ValueError: the file is not an ``.npz``.
+    """
+    import zipfile
+
+    import numpy as np
+
+    path = Path(run_dir) / OOD_LOGITS
+    if not path.is_file():
+        return {}
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (zipfile.BadZipFile, EOFError, OSError) as e:
+        raise ValueError(f"{path} is unreadable: {e}") from e
 
 
 def resume_argv(argv: list[str]) -> list[str]:

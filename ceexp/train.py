@@ -48,16 +48,22 @@ def build_loss(loss_cfg: DictConfig, train_labels: torch.Tensor, n_classes: int)
     """Instantiate the loss config for data with ``n_classes`` classes.
 
     ``weight: balanced`` / ``alpha: balanced`` become inverse-frequency class weights of the training
-    labels (sklearn ``compute_class_weight("balanced")``: ``N / (C * count_c)``).
+    labels (sklearn ``compute_class_weight("balanced")``: ``N / (C * count_c)``); ``pos_weight: balanced`` (one-logit
+    BCE) becomes ``n_negative / n_positive``.
 
     Raises:
         ConfigError: a per-class list of the wrong length, or a float ``alpha`` with more than 2 classes.
     """
     kwargs: dict[str, Any] = {}
+    if loss_cfg.get("pos_weight") == "balanced":  # one-logit BCE: n_negative / n_positive of the training labels
+        positives = int((train_labels == 1).sum())
+        if positives == 0 or positives == len(train_labels):
+            raise ConfigError("loss.pos_weight=balanced is undefined: the training split lacks one of the two classes")
+        kwargs["pos_weight"] = (len(train_labels) - positives) / positives
     for key in ("weight", "alpha"):
         value = loss_cfg.get(key)
-        if value is None:
-            continue
+        if value is None or (key == "alpha" and loss_cfg.get("_target_") != "ceexp.losses.FocalLoss"):
+            continue  # only FocalLoss's alpha is per-class weights (MbLS's alpha weighs its penalty)
         if value == "balanced":
             from sklearn.utils.class_weight import compute_class_weight
 
@@ -82,6 +88,28 @@ def build_loss(loss_cfg: DictConfig, train_labels: torch.Tensor, n_classes: int)
     return _instantiate(loss_cfg, "loss", **kwargs)
 
 
+def _model_outputs(loss_cfg: DictConfig, n_classes: int) -> int:
+    """The model's number of outputs: 1 for a one-logit loss (``loss=bce``, ``sigmoid_focal``: its class has
+    ``one_logit = True``), else ``n_classes``.
+
+    Raises:
+        ConfigError: a one-logit loss on data with more than two classes.
+    """
+    from hydra.utils import get_class
+
+    try:
+        one_logit = bool(getattr(get_class(loss_cfg._target_), "one_logit", False))
+    except Exception:  # noqa: BLE001 - instantiating the loss names a bad target
+        return n_classes
+    if not one_logit:
+        return n_classes
+    if n_classes != 2:
+        name = loss_cfg._target_.rsplit(".", 1)[-1]
+        raise ConfigError(f"loss={name} is invalid for {n_classes} classes: a one-logit binary loss needs two-class "
+                          f"data (data=breast_cancer, data=synthetic data.n_classes=2); use loss=ce for more classes")
+    return 1
+
+
 def _instantiate_dict(group: DictConfig | dict | None, field: str, purge_step: int | None = None) -> list:
     """Instantiate every entry of a callbacks/logger dict (a config node or ``{name: node}``) that has a
     ``_target_`` (``null`` entries are skipped).
@@ -103,7 +131,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     A straight line: build (data, model, loss, module, callbacks, loggers, trainer), fit, the final weights'
     validation, calibrate (temperature scaling on the validation split), test, report (``predictions.npz``,
-    ``reliability_diagram.png``, HParams, ``metrics.json``). What happens around fit is in ``ceexp.callbacks``.
+    ``reliability_diagram.png``, HParams, ``metrics.json``). What happens around fit is in ``ceexp.callbacks``;
+    after testing, the OOD sets and corrupted test splits of ``ood=`` / ``shift=`` in ``ceexp.robustness``.
 
     Args:
         cfg: a composed ``configs/train.yaml`` (``cfg.paths.output_dir`` is the run directory).
@@ -125,6 +154,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     import pytorch_lightning as pl
 
     from ceexp import callbacks as cb
+    from ceexp import robustness
     from ceexp.module import ClassifierModule
     from ceexp.tensorboard import log_custom_scalars
 
@@ -137,7 +167,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     datamodule = _instantiate(cfg.data, "data")
     datamodule.setup()
-    model = _instantiate(cfg.model, "model", input_shape=datamodule.input_shape, num_classes=datamodule.n_classes)
+    model = _instantiate(cfg.model, "model", input_shape=datamodule.input_shape,
+                         num_classes=_model_outputs(cfg.loss, datamodule.n_classes))
     loss = build_loss(cfg.loss, datamodule.train_labels, datamodule.n_classes)
     config = OmegaConf.to_container(cfg, resolve=True)
     module = ClassifierModule(
@@ -161,6 +192,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         val_logits, val_labels = _validation_predictions(trainer, module, datamodule, cfg)
         temperatures = _calibrate(module, val_logits, val_labels, cfg)
         metrics.update(_test(trainer, module, datamodule, tested_epoch, temperatures, cfg.n_bins))
+        metrics.update(cb.other_calibrators(module, val_logits, val_labels, cfg))  # calibration=[vector, ...]
+        metrics.update(robustness.evaluate(trainer, module, datamodule, cfg))  # ood=[...], shift=[...]
     metrics = dict(sorted(metrics.items()))
     return _report(cfg, trainer, module, metrics, val_logits, val_labels, config, started)
 
@@ -205,20 +238,29 @@ def _interruptions_raised(run_dir: Path, trainer):
 
 def _validation_predictions(trainer, module, datamodule, cfg: DictConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """The validation split's logits ``(N, C)`` and labels ``(N,)`` of the tested weights, when temperature scaling
-    or ``predictions.npz`` needs them and validation is on; else empty ``(0, C)`` / ``(0,)`` tensors."""
+    or ``predictions.npz`` needs them and validation is on; else empty ``(0, C)`` / ``(0,)`` tensors.
+
+    They are those of the last validation when it validated the tested weights on the whole split in one process
+    (the usual case: ``checkpoint=last``), else a prediction pass over the split."""
     from ceexp import callbacks as cb
 
-    if (cfg.temperature_scaling or cfg.get("save_predictions", True)) and trainer.limit_val_batches != 0:
-        return cb.predict_validation(trainer, module, datamodule)
-    return torch.empty(0, datamodule.n_classes), torch.empty(0, dtype=torch.int64)
+    if not (cfg.temperature_scaling or cfg.get("save_predictions", True)) or trainer.limit_val_batches == 0:
+        return torch.empty(0, datamodule.n_classes), torch.empty(0, dtype=torch.int64)
+    same_weights = module.val_step == trainer.global_step and cfg.get("checkpoint", "last") == "last"
+    whole_split = trainer.limit_val_batches == 1.0 and trainer.world_size == 1
+    if same_weights and whole_split and module.val_logits is not None:
+        # clones: outside the inference mode that trainer.validate() ran in, so temperature scaling can use autograd
+        return module.val_logits.clone(), module.val_labels.clone()
+    return cb.predict_validation(trainer, module, datamodule)
 
 
 def _calibrate(module, val_logits: torch.Tensor, val_labels: torch.Tensor, cfg: DictConfig) -> dict[str, float]:
     """Fit every temperature on the validation logits and set ``module.temperature`` to the ``temperature_fit``
-    one; ``{}`` (one log line) when temperature scaling is off or there is no validation."""
+    one; ``{}`` (one log line) when temperature scaling is off (``temperature_scaling=false``, or ``calibration``
+    without ``temperature``) or there is no validation."""
     from ceexp import callbacks as cb
 
-    if not cfg.temperature_scaling:
+    if not cfg.temperature_scaling or "temperature" not in cfg.get("calibration", ["temperature"]):
         return {}
     if len(val_labels) == 0:
         log.info("temperature scaling skipped: no validation (trainer.limit_val_batches=0)")
@@ -234,9 +276,8 @@ def _test(trainer, module, datamodule, tested_epoch: int, temperatures: dict[str
     (one log line) when there are no test batches (``trainer.limit_test_batches=0``)."""
     from ceexp import callbacks as cb
 
-    metrics: dict[str, float] = {}
-    for result in trainer.test(module, datamodule=datamodule, verbose=False):
-        metrics.update(_numbers(result))
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    metrics = dict(module.test_results)
     if module.test_logits is None:
         log.info("nothing tested: no test batches (trainer.limit_test_batches=0)")
         return {}
@@ -370,10 +411,6 @@ def _set_threads(cfg: DictConfig) -> None:
 
 
 _NO_ADVERTS = _NoAdverts()
-
-
-def _numbers(values: dict) -> dict[str, float]:
-    return {k: float(v) for k, v in values.items()}
 
 
 def _one_line(e: BaseException) -> str:

@@ -35,6 +35,29 @@ __all__ = [
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
+def epoch_share(share: float, *, _root_) -> int:
+    """``${ceexp.epoch_share:s}``: the epoch at share ``s`` of ``trainer.max_epochs`` (rounded), so a schedule given
+    for one run length keeps its proportions in another (FLSc-531's 100 and 250 of 350 epochs: 0.2857, 0.7143).
+
+    Raises:
+        ValueError: a share outside [0, 1].
+    """
+    share = float(share)
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"ceexp.epoch_share:{share} is invalid: expected a share of trainer.max_epochs in [0, 1]")
+    return int(round(share * int(_root_.trainer.max_epochs)))
+
+
+def _register_resolvers() -> None:
+    if not OmegaConf.has_resolver("ceexp.epoch_share"):
+        OmegaConf.register_new_resolver("ceexp.epoch_share", epoch_share)
+
+
+# loss presets schedule epochs with ${ceexp.epoch_share:...} (configs/loss_preset/flsc_531.yaml): registered
+# wherever configs are composed, before they resolve
+_register_resolvers()
+
+
 class ConfigError(ValueError):
     """A config value outside what is allowed; the message is one line naming the field."""
 
@@ -222,6 +245,8 @@ Schema = Union[Rule, Fields, Instance, Entries, MapOf]
 
 CHECKPOINTS = {"last": None, "best_val_nll": ("val/nll", "min"), "best_val_ece": ("val/ece", "min")}
 TEMPERATURE_FITS = ("nll", "ece_grid")  # ceexp.calibration.METHODS, without importing torch here
+# ceexp.calibration.CALIBRATORS, without importing torch here
+CALIBRATION_METHODS = ("temperature", "vector", "matrix", "dirichlet", "histogram", "isotonic")
 EXPECTED_KEYS = ("source", "key", "values")
 REDUCTION = choice("mean", "sum", expected="'mean' or 'sum' (training needs a scalar)")
 CLASS_WEIGHTS = list_of(number(0), "a list of per-class weights >= 0", min_len=1)
@@ -285,6 +310,28 @@ MODEL = Instance({
 }, group="model")
 
 _LOSS_BASE = {**INSTANTIATE, "reduction": REDUCTION, "ignore_index": integer()}
+EPOCH_SCHEDULE = Rule("a strictly increasing list of epochs (integers >= 0)",
+                      lambda v: isinstance(v, list) and all(_is_int(x) and x >= 0 for x in v)
+                      and all(b > a for a, b in zip(v, v[1:])))
+# AdaFocal's gammas: an inverse-focal weight reaches 2^|gamma| (ceexp.losses.ADAFOCAL_GAMMA_LIMIT, not imported:
+# this module does not import torch)
+ADAFOCAL_GAMMA_LIMIT = 100
+
+
+def _gammas_per_stage(node: DictConfig, path: str) -> None:
+    milestones, gammas = node.get("milestones", [100, 250]), node.get("gammas", [5.0, 3.0, 1.0])
+    if len(gammas) != len(milestones) + 1:
+        raise invalid(f"{path}.gammas", gammas, f"a list of len({path}.milestones) + 1 = {len(milestones) + 1} "
+                                                "numbers >= 0 (one per stage of the schedule)")
+
+
+def _gamma_initial_within_clip(node: DictConfig, path: str) -> None:
+    low, high, initial = node.get("gamma_min", -2.0), node.get("gamma_max", 20.0), node.get("gamma_initial", 1.0)
+    if not low <= initial <= high:
+        raise invalid(f"{path}.gamma_initial", initial,
+                      f"a number in [{path}.gamma_min, {path}.gamma_max] = [{low:g}, {high:g}]")
+
+
 LOSS = Instance({
     "torch.nn.CrossEntropyLoss": Fields({
         **_LOSS_BASE, "label_smoothing": number(0, 1, hi_open=True),
@@ -298,6 +345,24 @@ LOSS = Instance({
     "ceexp.losses.SampleDependentFocalLoss": Fields({
         **_LOSS_BASE, "gamma_low": number(0), "gamma_high": number(0), "threshold": PROBABILITY}),
     "ceexp.losses.BrierLoss": Fields(_LOSS_BASE),
+    "ceexp.losses.BinaryCrossEntropyLoss": Fields({
+        **_LOSS_BASE, "pos_weight": either(choice(None, "balanced"), number(0, lo_open=True),
+                                           expected='null, "balanced" or a number > 0')}),
+    "ceexp.losses.SigmoidFocalLoss": Fields({**_LOSS_BASE, "gamma": number(0), "alpha": optional(PROBABILITY)}),
+    "ceexp.losses.MarginBasedLabelSmoothingLoss": Fields({**_LOSS_BASE, "margin": number(0), "alpha": number(0)}),
+    "ceexp.losses.MMCELoss": Fields({**_LOSS_BASE, "lamda": number(0), "kernel_width": number(0, lo_open=True)}),
+    "ceexp.losses.DCALoss": Fields({**_LOSS_BASE, "beta": number(0)}),
+    "ceexp.losses.ConfidencePenaltyLoss": Fields({**_LOSS_BASE, "beta": number(0)}),
+    "ceexp.losses.Poly1Loss": Fields({**_LOSS_BASE, "epsilon": number(0)}),
+    "ceexp.losses.DualFocalLoss": Fields({**_LOSS_BASE, "gamma": number(0)}),
+    "ceexp.losses.ScheduledFocalLoss": Fields({
+        **_LOSS_BASE, "milestones": EPOCH_SCHEDULE,
+        "gammas": list_of(number(0), "a non-empty list of numbers >= 0", min_len=1)}, checks=(_gammas_per_stage,)),
+    "ceexp.losses.AdaFocalLoss": Fields({
+        **_LOSS_BASE, "n_bins": integer(1), "lamda": number(0), "switch_pt": number(0),
+        "gamma_initial": number(-ADAFOCAL_GAMMA_LIMIT, ADAFOCAL_GAMMA_LIMIT),
+        "gamma_min": number(-ADAFOCAL_GAMMA_LIMIT, 0), "gamma_max": number(0, ADAFOCAL_GAMMA_LIMIT)},
+        checks=(_gamma_initial_within_clip,)),
 }, group="loss")
 
 _ADAM = {**INSTANTIATE, "_partial_": PARTIAL, "lr": number(0, lo_open=True), "weight_decay": number(0),
@@ -394,14 +459,16 @@ TRAINER = Instance({TRAINER_TARGET: Fields({**INSTANTIATE, **TRAINER_ARGS}, requ
                    group="trainer")
 
 _MONITOR = {"monitor": optional(TEXT), "mode": choice("min", "max"), "verbose": BOOL}
+_MODEL_CHECKPOINT = {
+    **INSTANTIATE, **_MONITOR, "dirpath": PATH, "filename": PATH,
+    "save_last": optional(either(BOOL, choice("link"))), "save_top_k": integer(-1),
+    "save_on_exception": BOOL, "save_weights_only": BOOL, "auto_insert_metric_name": BOOL,
+    "every_n_train_steps": optional(integer(0)), "train_time_interval": ANYTHING,
+    "every_n_epochs": optional(integer(0)), "save_on_train_epoch_end": optional(BOOL),
+    "enable_version_counter": BOOL}
 CALLBACK = Instance({
-    "pytorch_lightning.callbacks.ModelCheckpoint": Fields({
-        **INSTANTIATE, **_MONITOR, "dirpath": PATH, "filename": PATH,
-        "save_last": optional(either(BOOL, choice("link"))), "save_top_k": integer(-1),
-        "save_on_exception": BOOL, "save_weights_only": BOOL, "auto_insert_metric_name": BOOL,
-        "every_n_train_steps": optional(integer(0)), "train_time_interval": ANYTHING,
-        "every_n_epochs": optional(integer(0)), "save_on_train_epoch_end": optional(BOOL),
-        "enable_version_counter": BOOL}),
+    "pytorch_lightning.callbacks.ModelCheckpoint": Fields(_MODEL_CHECKPOINT),
+    "ceexp.callbacks.ScheduledCheckpoint": Fields({**_MODEL_CHECKPOINT, "every_n_seconds": number(0)}),
     "pytorch_lightning.callbacks.RichProgressBar": Fields({
         **INSTANTIATE, "refresh_rate": integer(0), "leave": BOOL, "theme": ANYTHING, "console_kwargs": ANYTHING}),
     "pytorch_lightning.callbacks.TQDMProgressBar": Fields({
@@ -435,13 +502,116 @@ EXPECTED = Fields(
     required=EXPECTED_KEYS, nullable=True, expected="null or a mapping with the keys source, key, values",
 )
 
+# -- robustness after testing (ceexp.robustness): OOD sets and corruptions, named here without importing torch
+
+# OOD set -> the input shape of its images (None: drawn in the data's own shape); the files are those of
+# ceexp.download.RESOURCES[set] (test images only), read from <data.root>/<set>
+OOD_SETS = {"noise": None, "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "svhn": (3, 32, 32)}
+# ceexp.shift.CORRUPTIONS (tests/test_robustness.py holds the two equal)
+CORRUPTION_NAMES = ("gaussian_noise", "shot_noise", "impulse_noise", "gaussian_blur", "contrast", "brightness",
+                    "pixelate", "rotation")
+# data target -> (input shape, image shape (C, H, W) or None for tabular data, the OOD set that is its own data)
+DATA_SHAPES = {
+    "ceexp.data.DigitsDataModule": ((64,), (1, 8, 8), None),
+    "ceexp.data.MNIST5kDataModule": ((1, 28, 28), (1, 28, 28), "mnist"),
+    "ceexp.data.MNISTDataModule": ((1, 28, 28), (1, 28, 28), "mnist"),
+    "ceexp.data.FashionMNISTDataModule": ((1, 28, 28), (1, 28, 28), "fashion_mnist"),
+    "ceexp.data.CIFAR10DataModule": ((3, 32, 32), (3, 32, 32), None),
+    "ceexp.data.CIFAR100DataModule": ((3, 32, 32), (3, 32, 32), None),
+    "ceexp.data.BreastCancerDataModule": ((30,), None, None),
+    "ceexp.data.SyntheticDataModule": (None, None, None),  # (n_features,)
+}
+SEVERITY_RANGE = (1, 5)  # ceexp.shift.SEVERITIES
+
+
+def _names(names) -> str:
+    return ", ".join(names)
+
+
+def ood_folder(data: Mapping, name: str) -> Path:
+    """Where OOD set ``name``'s files are: ``<data.root>/<name>``, ``data.root`` (default ``data``, the image data
+    sets' default) resolved as ``ceexp.data.images.data_root`` resolves it (kept here free of torch)."""
+    path = Path(str(data.get("root") or "data")).expanduser()
+    if not path.is_absolute():
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized() and HydraConfig.get().job.get("chdir"):
+            path = Path(HydraConfig.get().runtime.cwd) / path
+    return path.resolve() / name
+
+
+def ood_files(name: str) -> tuple[str, ...]:
+    """The files OOD set ``name`` is read from: its test images (none for ``noise``)."""
+    from ceexp.download import MNIST_FILES, RESOURCES
+
+    if OOD_SETS[name] is None:
+        return ()
+    return (MNIST_FILES[2],) if name in ("mnist", "fashion_mnist") else tuple(RESOURCES[name].files)
+
+
+def ood_fetch_hint(data: Mapping, name: str, folder: Path) -> str:
+    """How to get OOD set ``name``'s files: the data config's download switch, or (embedded data, which has none)
+    the one call that fetches them."""
+    if "download" in data:
+        return "put them there, or pass data.download=true to fetch them"
+    return (f"put them there, or fetch them: python -c \"from ceexp.download import download; "
+            f"download('{name}', '{folder}')\"")
+
+
+def _robustness_fits_data(node: DictConfig, path: str) -> None:
+    """``ood`` and ``shift`` against the data: an OOD set of another input shape than the model's, an OOD set that
+    is the training data's own distribution, corruptions of tabular data or of images they do not apply to
+    (``rotation``: 28x28 grey only), and OOD files missing where ``data.download`` will not fetch them."""
+    ood, shift = list(node.get("ood") or []), list(node.get("shift") or [])
+    data = node.get("data")
+    if not (ood or shift) or not isinstance(data, DictConfig):
+        return
+    known = DATA_SHAPES.get(data.get("_target_"))
+    if known is None:  # the user's own data class: its shapes are unknown here (ceexp.robustness checks them)
+        return
+    input_shape, image_shape, own = known
+    if input_shape is None:
+        input_shape = (data.get("n_features", 20),)
+    kind = str(data._target_).rsplit(".", 1)[-1]
+    for name in ood:
+        shape = OOD_SETS[name]
+        if shape is not None and shape != input_shape:
+            raise invalid("ood", ood, f"OOD sets of the model's input shape {input_shape} ({kind}): {name} has "
+                                      f"shape {shape}; noise fits any data")
+        if name == own:
+            raise invalid("ood", ood, f"sets other than the training data's own distribution: {kind} is {name}")
+    if shift and image_shape is None:
+        raise invalid("shift", shift, f"image data: {kind} is tabular (corruptions act on pixels)")
+    if "rotation" in shift and image_shape != (1, 28, 28):
+        raise invalid("shift", shift, f"corruptions that apply to the images: rotation needs 28x28 grey images "
+                                      f"(MNIST-like), {kind} has {image_shape}")
+    if data.get("download") is True:
+        return
+    for name in ood:
+        folder = ood_folder(data, name)
+        missing = [f for f in ood_files(name) if not (folder / f).is_file()]
+        if missing:
+            raise invalid("ood", ood, f"the {name} files {_names(missing)} in {folder} (missing); "
+                                      f"{ood_fetch_hint(data, name, folder)}")
+
+
+ROBUSTNESS = {
+    "ood": list_of(choice(*OOD_SETS), f"a list of OOD sets from {_names(OOD_SETS)}"),
+    "shift": list_of(choice(*CORRUPTION_NAMES), f"a list of corruptions from {_names(CORRUPTION_NAMES)}"),
+    "shift_severities": list_of(integer(*SEVERITY_RANGE), "a non-empty list of severities, integers from 1 to 5",
+                                min_len=1),
+}
+
 SCHEMA = Fields({
     "seed": SEED,
+    **ROBUSTNESS,
     "n_bins": integer(1),
     "diagram_every_n_epochs": integer(0),
     "checkpoint": choice(*CHECKPOINTS),
     "temperature_scaling": BOOL,
     "temperature_fit": choice(*TEMPERATURE_FITS),
+    "calibration": list_of(choice(*CALIBRATION_METHODS),
+                           f"a list of calibrators, each one of {', '.join(CALIBRATION_METHODS)}"),
     "expected": EXPECTED,
     "save_predictions": BOOL,
     "resume": PATH,
@@ -456,7 +626,7 @@ SCHEMA = Fields({
     "callbacks": Entries(CALLBACK),
     "logger": Entries(LOGGER),
     "paths": Fields({"root_dir": PATH, "output_dir": PATH}),
-}, required=("seed", "n_bins", "data", "model", "loss", "optimizer", "trainer"))
+}, required=("seed", "n_bins", "data", "model", "loss", "optimizer", "trainer"), checks=(_robustness_fits_data,))
 
 # keys of a composed config that are not the run's: Hydra's own
 _NOT_OURS = ("hydra",)

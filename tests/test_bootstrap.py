@@ -38,7 +38,7 @@ VECTORISED = [m for m in bs.VECTORISED_METRICS if m in bs.available_metrics()]
 
 
 def test_every_logged_metric_is_computable():
-    assert set(M.METRIC_FUNCTIONS) | {"nll", "nll_bits"} == set(bs.available_metrics())
+    assert set(M.METRIC_FUNCTIONS) | set(M.SELECTIVE_FUNCTIONS) | {"nll", "nll_bits"} == set(bs.available_metrics())
     assert set(VECTORISED) == set(bs.VECTORISED_METRICS)
 
 

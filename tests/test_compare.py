@@ -754,3 +754,36 @@ def test_without_predictions_the_data_settings_say_which_split(tmp_path, capsys)
     rows = {r["setting"]: r for r in _read_csv(root / "comparison.csv")}
     assert rows["b"]["test/acc_diff"] != "" and rows["c"]["test/acc_diff"] == ""
     assert "every metric: test split 1 (setting=a, setting=b) vs test split 2 (setting=c)" in out
+
+
+def test_calibration_ranks_table_and_figure(tmp_path):
+    """Groups ranked by test ECE before and after each calibrator: means and ranks by hand, ties sharing a rank;
+    the table in comparison.md and the bump chart are written."""
+    from ceexp.compare import calibration_ranks, compare, write_report
+
+    ece = {  # loss -> per seed: (none, temperature, isotonic)
+        "ce": [(0.10, 0.03, 0.03), (0.12, 0.03, 0.03)],
+        "focal": [(0.04, 0.03, 0.05), (0.06, 0.03, 0.05)],
+        "mse": [(0.05, 0.05, 0.01), (0.07, 0.03, 0.01)],
+    }
+    for loss, runs in ece.items():
+        for seed, (e, e_ts, e_iso) in enumerate(runs):
+            record = {"status": "completed", "test/ece": e, "test/ece_ts": e_ts, "test/ece_isotonic": e_iso,
+                      "test/acc": 0.9, "test/acc_ts": 0.9, "test/acc_isotonic": 0.9 + 0.01 * seed}
+            _fake_job(tmp_path / "sweep" / f"{loss}_{seed}", {"loss": loss, "seed": seed}, record)
+    cmp = compare([tmp_path / "sweep"], metrics=["ece", "acc"], n_resamples=50)
+    names, means, ranks = calibration_ranks(cmp, "ece")
+    assert names == ["none", "temperature", "isotonic"]  # vector etc. were not recorded
+    order = [g.label for g in cmp.groups]
+    by = dict(zip(order, zip(means, ranks)))
+    assert by["loss=ce"][0] == pytest.approx([0.11, 0.03, 0.03])
+    # none: focal 0.05 < mse 0.06 < ce 0.11; temperature: focal 0.03 = ce 0.03 < mse 0.04; isotonic: mse first
+    assert by["loss=ce"][1] == [3, 1, 2] and by["loss=focal"][1] == [1, 1, 3] and by["loss=mse"][1] == [2, 3, 1]
+    # accuracy: higher is better, so the isotonic column ranks the groups' mean 0.905 alike (a tie: all 1)
+    _, _, acc_ranks = calibration_ranks(cmp, "acc")
+    assert all(r == [1, 1, 1] for r in acc_ranks)
+    (tmp_path / "out").mkdir()
+    write_report(cmp, tmp_path / "out")
+    md = (tmp_path / "out" / "comparison.md").read_text()
+    assert "## Does the ranking survive post-hoc calibration?" in md and "0.11 (3)" in md
+    assert (tmp_path / "out" / "comparison" / "calibration_ranks.png").is_file()

@@ -19,16 +19,19 @@ from tests.test_image_data import MNIST_FILES, write_cifar, write_mnist
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     """``/good/<name>``: the file; ``/corrupt/<name>``: one byte changed; ``/cut/<name>``: the full
-    ``Content-Length`` announced, half the bytes sent, connection closed; anything else: 404."""
+    ``Content-Length`` announced, half the bytes sent, connection closed; ``/slow/<name>``, ``/slowcut/<name>``: the
+    first MiB sent, then nothing until the test sets ``release``, then the rest (slow) or the connection closed
+    (slowcut); anything else: 404."""
 
     files: ClassVar[dict[str, bytes]] = {}
     requests: ClassVar[list[str]] = []
+    release: ClassVar[threading.Event] = threading.Event()
 
     def do_GET(self):
         self.requests.append(self.path)
         _, mode, name = self.path.split("/", 2)
         body = self.files.get(name)
-        if body is None or mode not in ("good", "corrupt", "cut"):
+        if body is None or mode not in ("good", "corrupt", "cut", "slow", "slowcut"):
             self.send_error(404)
             return
         if mode == "corrupt":
@@ -36,6 +39,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        if mode in ("slow", "slowcut"):
+            self.wfile.write(body[: 1 << 20])
+            self.wfile.flush()
+            self.release.wait(timeout=120)
+            if mode == "slow":
+                self.wfile.write(body[1 << 20:])
+            self.close_connection = True
+            return
         self.wfile.write(body[: len(body) // 2] if mode == "cut" else body)
         if mode == "cut":
             self.wfile.flush()
@@ -52,13 +63,14 @@ def server(tmp_path):
     write_mnist(src)
     write_cifar(src)
     files = {p.name: p.read_bytes() for p in src.iterdir()}
-    _Handler.files, _Handler.requests = files, []
+    _Handler.files, _Handler.requests, _Handler.release = files, [], threading.Event()
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{httpd.server_address[1]}", files
     finally:
+        _Handler.release.set()  # a slow transfer still waiting ends
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)
@@ -99,6 +111,64 @@ def test_interrupted_transfer_leaves_nothing(server, tmp_path):
         dl.fetch(name, md5(files[name]), [f"{url}/cut"], tmp_path / "dest", timeout=10)
     assert f"transfer interrupted after {len(files[name]) // 2} of {len(files[name])} bytes" in str(err.value)
     assert list((tmp_path / "dest").iterdir()) == []
+
+
+def _fetch_in_background(url: str, name: str, digest: str, dest):
+    """Start ``dl.fetch`` in a thread; returns the thread and a dict that gets ``result`` or ``error``."""
+    out: dict = {}
+
+    def target():
+        try:
+            out["result"] = dl.fetch(name, digest, [url], dest, timeout=60)
+        except Exception as e:  # noqa: BLE001 - handed to the test
+            out["error"] = e
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def _wait_for_part_file(dest, size: int, deadline_s: float = 120.0):
+    """Poll (no fixed sleep) until a file in ``dest`` holds ``size`` bytes; returns the folder's names then."""
+    import time
+
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        names = sorted(p.name for p in dest.iterdir()) if dest.is_dir() else []
+        if any((dest / n).is_file() and (dest / n).stat().st_size >= size for n in names):
+            return names
+        time.sleep(0.02)
+    raise AssertionError(f"no file in {dest} reached {size} bytes within {deadline_s} s: {names}")
+
+
+@pytest.mark.parametrize("mode", ["slow", "slowcut"])
+def test_the_final_name_never_exists_before_the_whole_verified_file(server, tmp_path, mode):
+    """Watched during a transfer that stalls after its first MiB: the bytes so far are in a hidden part file and
+    the final name does not exist; after the rest arrives, the final name is the whole file; after the
+    connection is cut instead, nothing is left."""
+    import re
+
+    url, files = server
+    name = "big.bin"
+    files[name] = bytes(range(256)) * 6144  # 1.5 MiB: the first MiB arrives, then the transfer stalls
+    dest = tmp_path / "dest"
+    thread, out = _fetch_in_background(f"{url}/{mode}", name, md5(files[name]), dest)
+    try:
+        names = _wait_for_part_file(dest, 1 << 20)
+        assert name not in names and (dest / name).exists() is False
+        assert len(names) == 1 and re.fullmatch(rf"\.{re.escape(name)}\.[0-9a-f]{{32}}\.part", names[0]), names
+        assert (dest / names[0]).read_bytes() == files[name][: 1 << 20]
+    finally:
+        _Handler.release.set()
+        thread.join(timeout=120)
+    assert not thread.is_alive()
+    if mode == "slow":
+        assert out.get("result") == dest / name and (dest / name).read_bytes() == files[name]
+        assert sorted(p.name for p in dest.iterdir()) == [name, name + ".md5ok"]
+    else:
+        assert isinstance(out.get("error"), dl.DownloadError), out
+        assert f"transfer interrupted after {1 << 20} of {len(files[name])} bytes" in str(out["error"])
+        assert list(dest.iterdir()) == []
 
 
 def test_a_failing_mirror_falls_back_to_the_next(server, tmp_path):

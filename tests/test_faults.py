@@ -34,8 +34,10 @@ class PoisonedDigits(DigitsDataModule):
 
 def test_nan_mid_training_fails_cleanly_and_keeps_last_good_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
+    # a checkpoint every epoch (the default writes once a minute): the one before the poisoned epoch must survive
     cfg = make_cfg(run_dir, [*FAST, "trainer.max_epochs=5", "+trainer.reload_dataloaders_every_n_epochs=1",
-                             "data._target_=tests.test_faults.PoisonedDigits", "+data.poison_epoch=2"])
+                             "data._target_=tests.test_faults.PoisonedDigits", "+data.poison_epoch=2",
+                             "callbacks.model_checkpoint.every_n_seconds=0"])
     with pytest.raises(FloatingPointError, match="at epoch 2, step 34"):
         train(cfg)
     record = json.loads((run_dir / "metrics.json").read_text())
@@ -115,7 +117,9 @@ def _interrupt_and_resume(tmp_path: Path, sig: signal.Signals, args: list[str]) 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_resume_after_kill_equals_uninterrupted_run(tmp_path, sig):
-    args = ["trainer.max_epochs=25", "model.dropout=0.2", "callbacks.progress_bar=null"]
+    # a checkpoint every epoch (not every minute): the kill lands after the second one
+    args = ["trainer.max_epochs=25", "model.dropout=0.2", "callbacks.progress_bar=null",
+            "callbacks.model_checkpoint.every_n_seconds=0"]
     full = tmp_path / "full"
     subprocess.run([sys.executable, SCRIPT, *args, f"hydra.run.dir={full}"], cwd=tmp_path, check=True,
                    capture_output=True, timeout=300)

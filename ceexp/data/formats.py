@@ -1,5 +1,6 @@
-"""The distribution formats of the image sets: gzipped IDX (MNIST, Fashion-MNIST) and CIFAR's python pickles
-in a ``.tar.gz``, read with the damage a download can leave named in one line.
+"""The distribution formats of the image sets: gzipped IDX (MNIST, Fashion-MNIST), CIFAR's python pickles in a
+``.tar.gz``, SVHN's MATLAB 5 files and the CIFAR-10-C / CIFAR-100-C tar of ``.npy`` arrays, read with the damage a
+download can leave named in one line.
 
 The file names and checksums are in :mod:`ceexp.download`; this module only knows formats. Every damage a
 reader detects raises :class:`DamagedFileError`, whose message is ``"<path> <what is wrong>"``, e.g.
@@ -11,7 +12,9 @@ The damage kinds: an empty file; an HTML or XML page (a mirror's error page save
 bytes that are not gzip at all (or IDX data already decompressed); a gzip stream cut off before its end
 marker; gzip data failing their CRC or not decompressing; bytes after the gzip stream; an IDX file with a
 wrong magic number, a header shorter than its dimension count says, or a body of the wrong size; a ``.tar.gz``
-holding no tar archive, missing members, members that do not unpickle or lack CIFAR's fields.
+holding no tar archive, missing members, members that do not unpickle or lack CIFAR's fields; a ``.mat`` file
+that is not MATLAB 5 (or is MATLAB 7.3), cut off or corrupt, or lacks SVHN's variables; a CIFAR-C tar cut off,
+missing members, or holding ``.npy`` members of the wrong shape or type.
 """
 from __future__ import annotations
 
@@ -28,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DamagedFileError", "check_cifar", "read_cifar", "read_idx"]
+__all__ = ["CIFAR_C_CORRUPTIONS", "DamagedFileError", "check_cifar", "read_cifar", "read_cifar_c", "read_idx",
+           "read_svhn"]
 
 
 class DamagedFileError(ValueError):
@@ -227,3 +231,199 @@ def read_cifar(path: str | Path, members: Sequence[str], label_key: str) -> dict
                                          f"{labels.size} labels, expected 3072 per label")
         out[name] = (data.reshape(-1, 3, 32, 32), labels)
     return out
+
+
+# -- files that are not gzip: the damage recognisable from their first bytes ------------------------------
+
+def _head_reason(path: Path, what: str) -> tuple[bytes, str | None]:
+    """The first bytes of ``path`` and why it cannot be ``what`` (``"a MATLAB file"``) judging by them alone:
+    empty, or a web page; ``None`` otherwise."""
+    with open(path, "rb") as f:
+        head = f.read(_HEAD)
+    if not head:
+        return head, "is empty (0 bytes)"
+    if head.lstrip()[:1] == b"<":
+        said = _page_text(head)
+        return head, (f"is a web page, not {what}: an error page a server sent in place of the file"
+                      + (f" ({said!r})" if said else ""))
+    return head, None
+
+
+# -- SVHN (MATLAB 5 .mat) --------------------------------------------------------------------------------
+
+_MAT_HEADER = 128  # 116 bytes of text, 8 of subsystem offset, 2 of version, 2 of endian indicator
+
+
+def _mat_layout(path: Path) -> None:
+    """Check a MATLAB 5 file's header and walk its top-level data elements' 8-byte tags (type, byte count) to the
+    end of the file, reading nothing else, so that a cut-off file is named before scipy parses it."""
+    head, reason = _head_reason(path, "a MATLAB file")
+    if reason:
+        raise DamagedFileError(path, reason)
+    order = {b"IM": "<", b"MI": ">"}.get(head[126:128]) if len(head) >= _MAT_HEADER else None
+    version = struct.unpack(order + "H", head[124:126])[0] if order else None
+    if version == 0x0200 or head.startswith(b"MATLAB 7.3") or head[512:516] == b"\x89HDF" or head[:4] == b"\x89HDF":
+        raise DamagedFileError(path, "is a MATLAB 7.3 (HDF5) file, not the MATLAB 5 format SVHN is distributed in")
+    if version != 0x0100:
+        raise DamagedFileError(path, f"is not a MATLAB 5 file: it starts with the bytes {head[:4].hex()}, not the "
+                                     "text 'MATLAB 5.0 MAT-file'")
+    size = path.stat().st_size
+    pos = _MAT_HEADER
+    with open(path, "rb") as f:
+        while pos < size:
+            f.seek(pos)
+            tag = f.read(8)
+            if len(tag) < 8:
+                pos += 8
+                break
+            kind, count = struct.unpack(order + "II", tag)
+            pos += 8 if kind >> 16 else 8 + count  # a small data element holds its data in its tag
+    if pos > size:
+        raise DamagedFileError(path, f"ends early: its MATLAB data elements need {pos:,} bytes, but the file holds "
+                                     f"{size:,} (an interrupted download?)")
+
+
+def read_svhn(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read an SVHN cropped-digits file (``test_32x32.mat``, ``train_32x32.mat``; Netzer et al. 2011, "Reading
+    digits in natural images with unsupervised feature learning") with ``scipy.io.loadmat``.
+
+    Layout: a MATLAB 5 file holding ``X``, uint8 ``(32, 32, 3, N)`` (row, column, RGB channel, image), and ``y``,
+    ``(N, 1)`` labels 1..10, where 10 stands for the digit 0.
+
+    Returns:
+        ``(images, labels)``: uint8 ``(N, 3, 32, 32)`` (C order) and int64 ``(N,)`` digits 0..9 (label 10 -> 0).
+
+    Raises:
+        DamagedFileError: naming the file: empty, a web page, not a MATLAB 5 file (or a MATLAB 7.3 one), cut off
+            (its data elements announce more bytes than it holds), corrupt (compressed data failing their check,
+            or data scipy cannot parse), without the variables ``X`` and ``y``, with arrays of other shapes or
+            types, or with labels outside 1..10.
+        OSError: the file cannot be opened.
+    """
+    import scipy.io
+
+    path = Path(path)
+    _mat_layout(path)
+    try:
+        mat = scipy.io.loadmat(path, variable_names=("X", "y"))
+    except zlib.error as e:
+        raise DamagedFileError(path, f"is corrupt: its compressed MATLAB data do not decompress ({e})") from None
+    except Exception as e:  # noqa: BLE001 (scipy raises a handful of types for malformed data)
+        said = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DamagedFileError(path, f"is corrupt: scipy.io.loadmat cannot parse it ({said})") from None
+    absent = [k for k in ("X", "y") if k not in mat]
+    if absent:
+        raise DamagedFileError(path, f"is not an SVHN file: it lacks the variable{'s' * (len(absent) > 1)} "
+                                     f"{' and '.join(repr(k) for k in absent)}")
+    x, y = mat["X"], mat["y"]
+    n = x.shape[3] if x.ndim == 4 else -1
+    if (x.dtype != np.uint8 or x.ndim != 4 or x.shape[:3] != (32, 32, 3) or y.shape not in ((n, 1), (n,))
+            or y.dtype.kind not in "uif"):
+        raise DamagedFileError(path, f"holds X of shape {x.shape} ({x.dtype}) and y of shape {y.shape} ({y.dtype}), "
+                                     "expected X (32, 32, 3, N) uint8 and y (N, 1) numbers")
+    y = y.reshape(-1)
+    bad = y[(y < 1) | (y > 10) | (y != np.round(y))]  # labels may be stored as doubles: whole numbers 1..10
+    if bad.size:
+        raise DamagedFileError(path, f"holds labels that are not whole numbers in 1..10 (10 is the digit 0): "
+                                     f"{bad.size} of them, e.g. {bad[0].item()!r}")
+    return np.ascontiguousarray(x.transpose(3, 2, 0, 1)), y.astype(np.int64) % 10
+
+
+# -- CIFAR-10-C / CIFAR-100-C (a tar of .npy arrays) -----------------------------------------------------
+
+# the 19 corruptions of CIFAR-10-C and CIFAR-100-C (Hendrycks & Dietterich 2019): 15 of the benchmark, then the
+# 4 held out for validation (speckle_noise, gaussian_blur, spatter, saturate); one <name>.npy each
+CIFAR_C_CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
+                       "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
+                       "jpeg_compression", "speckle_noise", "gaussian_blur", "spatter", "saturate")
+_C_SEVERITIES = 5
+_TAR_END = 1024  # a tar archive ends with two 512-byte blocks of zeros
+
+
+def _npy_header(path: Path, name: str, f) -> tuple[tuple[int, ...], np.dtype, int]:
+    """``(shape, dtype, offset of the data)`` from the header of the ``.npy`` member ``name`` open as ``f``."""
+    try:
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f".npy format version {version[0]}.{version[1]}, not 1.0 or 2.0")
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(f)
+    except (ValueError, OSError, tarfile.ReadError) as e:
+        said = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DamagedFileError(path, f"is corrupt: its member {name} is not a .npy array ({said})") from None
+    if fortran and len(shape) > 1:
+        raise DamagedFileError(path, f"is not a CIFAR-C archive: its member {name} holds a Fortran-ordered array")
+    return tuple(shape), dtype, f.tell()
+
+
+def read_cifar_c(path: str | Path, corruption: str, severity: int) -> tuple[np.ndarray, np.ndarray]:
+    """Read one corruption at one severity from ``CIFAR-10-C.tar`` or ``CIFAR-100-C.tar`` (Hendrycks & Dietterich
+    2019, "Benchmarking neural network robustness to common corruptions and perturbations", ICLR), in place.
+
+    Layout: an uncompressed tar holding ``<folder>/<corruption>.npy`` for each of :data:`CIFAR_C_CORRUPTIONS`,
+    uint8 ``(5 N, 32, 32, 3)`` (N = 10,000 test images; rows ``(s - 1) N`` to ``s N - 1`` are severity s), and
+    ``<folder>/labels.npy``, ``(5 N,)`` integer labels (uint8 in the published files) in the same order. Only the
+    tar headers, the two ``.npy`` headers and the rows of severity ``severity`` are read (about 31 MB of the 2.9 GB).
+
+    Returns:
+        ``(images, labels)``: uint8 ``(N, 3, 32, 32)`` and int64 ``(N,)``.
+
+    Raises:
+        ValueError: ``corruption`` not one of :data:`CIFAR_C_CORRUPTIONS`, or ``severity`` not an integer in 1..5.
+        DamagedFileError: naming the archive: empty, a web page, not a tar archive, cut off (a member or the
+            end-of-archive blocks past the end of the file), without the corruption's ``.npy`` or ``labels.npy``, a
+            member that is not a ``.npy`` array or holds other shapes or types, or a member shorter than its header.
+        OSError: the file cannot be opened.
+    """
+    if corruption not in CIFAR_C_CORRUPTIONS:
+        raise ValueError(f"Expected argument `corruption` to be one of {', '.join(CIFAR_C_CORRUPTIONS)}, but got "
+                         f"{corruption!r}")
+    if isinstance(severity, bool) or not isinstance(severity, (int, np.integer)) or not 1 <= severity <= 5:
+        raise ValueError(f"Expected argument `severity` to be an integer from 1 to 5, but got {severity!r}")
+    path = Path(path)
+    head, reason = _head_reason(path, "a tar archive")
+    if reason:
+        raise DamagedFileError(path, reason)
+    if head.startswith(_GZIP_MAGIC):
+        raise DamagedFileError(path, "is gzip data, not the uncompressed tar archive CIFAR-C is distributed as "
+                                     "(compressed after the download?)")
+    size = path.stat().st_size
+    cut = f"ends early: its tar data stop after {size:,} bytes, before their end (an interrupted download?)"
+    try:
+        with tarfile.open(path, "r:") as tar:
+            members = {info.name: info for info in tar if info.isfile()}
+            if tar.offset + _TAR_END > size or any(m.offset_data + m.size > size for m in members.values()):
+                raise DamagedFileError(path, cut)
+            folders = {n.split("/")[0] for n in members if n.endswith(".npy") and n.count("/") == 1}
+            folder = folders.pop() + "/" if len(folders) == 1 else ""  # CIFAR-10-C/ or CIFAR-100-C/
+            wanted = (f"{folder}{corruption}.npy", f"{folder}labels.npy")
+            absent = [w for w in wanted if w not in members]
+            if absent:
+                raise DamagedFileError(path, f"is not a complete CIFAR-C archive: it lacks {', '.join(absent)}")
+            arrays = []
+            for name, row_shape in zip(wanted, ((32, 32, 3), ())):
+                f = tar.extractfile(members[name])
+                shape, dtype, start = _npy_header(path, name, f)
+                kind_ok = dtype == np.uint8 if row_shape else dtype.kind in "ui" and dtype.itemsize <= 8
+                if not kind_ok or len(shape) != 1 + len(row_shape) or shape[1:] != row_shape or shape[0] % 5:
+                    expected = "uint8 (5 N, 32, 32, 3): 5 severities of N images" if row_shape else "integer (5 N,)"
+                    raise DamagedFileError(path, f"is not a CIFAR-C archive: its member {name} holds {dtype} data of "
+                                                 f"shape {shape}, expected {expected}")
+                if start + math.prod(shape) * dtype.itemsize != members[name].size:
+                    raise DamagedFileError(path, f"is corrupt: its member {name} holds {members[name].size - start:,} "
+                                                 f"bytes of data, its .npy header says {shape} {dtype}")
+                n = shape[0] // _C_SEVERITIES
+                row = math.prod(row_shape) * dtype.itemsize
+                f.seek(start + (severity - 1) * n * row)
+                arrays.append(np.frombuffer(f.read(n * row), dtype=dtype).reshape(n, *row_shape))
+    except tarfile.ReadError as e:
+        if str(e) in ("unexpected end of data", "truncated header"):
+            raise DamagedFileError(path, cut) from None
+        raise DamagedFileError(path, f"is not a tar archive: it starts with the bytes {head[:4].hex()}") from None
+    images, labels = arrays
+    if labels.size and labels.min() < 0:
+        raise DamagedFileError(path, f"is not a CIFAR-C archive: its member {wanted[1]} holds negative labels")
+    if len(images) != len(labels):
+        raise DamagedFileError(path, f"is not a CIFAR-C archive: {wanted[0]} holds {5 * len(images)} images, but "
+                                     f"{wanted[1]} {5 * len(labels)} labels")
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2)), labels.astype(np.int64)
