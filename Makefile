@@ -14,7 +14,7 @@ ARGS ?=
 #   make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
 TORCH ?= torch==2.13.0
 
-.PHONY: install train test test-slow bench clean
+.PHONY: install train test test-slow test-promises coverage mutation bench clean
 
 install: $(VENV)/.installed
 
@@ -34,6 +34,22 @@ test: install
 
 test-slow: install
 	$(PY) -m pytest -q -m slow
+
+# the README's headline promises end to end (CI runs them after `make test`): exact resume after SIGTERM and SIGKILL,
+# DDP on 2 CPU processes equal to one process, real sweeps with a failing job, a run that downloads its data
+test-promises: install
+	$(PY) -m pytest -q -m promise
+
+# the fast suite under coverage, lines and branches, one row per module (htmlcov/index.html for the lines)
+coverage: install
+	$(PY) -m pytest -q --cov=ceexp --cov-branch --cov-report=term --cov-report=html
+
+# mutation testing (mutmut) of the modules that compute what users publish, each against its own fast tests
+# (tests/mutation.py lists them); not in CI: minutes per module. One module: make mutation MODULES=files
+MODULES ?=
+mutation: install
+	$(PY) -c "import mutmut" 2>/dev/null || $(PY) -m pip install --quiet -e ".[mutation]"
+	$(PY) tests/mutation.py $(MODULES)
 
 # every benchmark runs even when one misses its target (a miss exits 1 and is printed as MISS); each prints its
 # ratios beside their targets. About 15 minutes on 2 cores.

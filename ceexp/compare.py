@@ -1100,7 +1100,7 @@ def _calibration_markdown(cmp: Comparison) -> list[str]:
             lines += ["## Does the ranking survive post-hoc calibration?", "",
                       "Each group's mean over its runs after each calibrator fitted on the validation split, and its "
                       "rank among the groups (1: best) in brackets.", ""]
-        header = [*cmp.keys, *names] if cmp.keys else ["group", *names]
+        header = [*(cmp.keys or ["group"]), "n", *names]
         rows = [[*_key_cells(cmp, cmp.groups.index(g), g, left_out=False),
                  *(f"{m:.4g} ({r})" for m, r in zip(means[i], ranks[i]))] for i, g in enumerate(live)]
         lines += [f"### test/{metric}", "", *_md_table(header, rows), ""]

@@ -55,7 +55,7 @@ def test_a_new_file_does_not_exist_until_it_is_whole(tmp_path, monkeypatch):
     atomic_write_text(path, "ünïcode")
     monkeypatch.undo()
     assert watch.seen and all(held is None for _, held, _ in watch.seen)
-    assert path.read_bytes() == "ünïcode".encode("utf-8")
+    assert path.read_bytes() == "ünïcode".encode()
 
 
 def test_permissions_follow_the_umask_not_mkstemps_0600(tmp_path):
@@ -114,10 +114,18 @@ def test_any_failure_removes_the_temporary_file_and_names_the_destination(tmp_pa
     def fail(*args, **kwargs):
         raise OSError(errno.EIO, "Input/output error")
 
+    real_close, closed = os.close, []
+
+    def close(fd):
+        closed.append(fd)
+        return real_close(fd)
+
     monkeypatch.setattr(os, where, fail)
+    monkeypatch.setattr(os, "close", close)
     with pytest.raises(OSError) as info:
         atomic_write_bytes(path, b"new")
     monkeypatch.undo()
+    assert len(closed) == 1 and closed[0] > 2  # the temporary file's descriptor, once; never another one
     assert (info.value.errno, info.value.strerror, info.value.filename) == (errno.EIO, "Input/output error", str(path))
     assert str(info.value) == f"[Errno {errno.EIO}] Input/output error: '{path}'"
     assert path.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
@@ -170,24 +178,25 @@ def test_atomic_checkpoint_io_writes_locally_and_hands_remote_paths_to_lightning
     import torch
     from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-    io = files.AtomicCheckpointIO()
+    io = files._checkpoint_io_class()()  # a fresh definition (the module attribute is defined once per process)
     path = tmp_path / "new" / "folder" / "last.ckpt"  # its folder is made
     io.save_checkpoint({"w": torch.arange(3)}, path)
     assert torch.equal(torch.load(path, weights_only=True)["w"], torch.arange(3))
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
     handed = []
-    monkeypatch.setattr(TorchCheckpointIO, "save_checkpoint",
-                        lambda self, checkpoint, p, storage_options=None: handed.append((str(p), storage_options)))
-    io.save_checkpoint({}, "s3://bucket/last.ckpt")
-    io.save_checkpoint({}, tmp_path / "x.ckpt", storage_options={"k": 1})
-    assert handed == [("s3://bucket/last.ckpt", None), (str(tmp_path / "x.ckpt"), {"k": 1})]
+    monkeypatch.setattr(TorchCheckpointIO, "save_checkpoint", lambda self, checkpoint, p, storage_options=None:
+                        handed.append((checkpoint, str(p), storage_options)))
+    io.save_checkpoint({"a": 1}, "s3://bucket/last.ckpt")
+    io.save_checkpoint({"b": 2}, tmp_path / "x.ckpt", storage_options={"k": 1})
+    assert handed == [({"a": 1}, "s3://bucket/last.ckpt", None), ({"b": 2}, str(tmp_path / "x.ckpt"), {"k": 1})]
     assert not (tmp_path / "x.ckpt").exists()
 
 
 def test_module_attributes():
     cls = files.AtomicCheckpointIO
     assert vars(files)["AtomicCheckpointIO"] is cls and files.AtomicCheckpointIO is cls  # defined once, then kept
-    assert files.AtomicCheckpointIO.__module__ == "ceexp.files"
-    assert files.AtomicCheckpointIO.__qualname__ == "AtomicCheckpointIO"
+    fresh = files._checkpoint_io_class()
+    assert (fresh.__module__, fresh.__qualname__, fresh.__name__) == ("ceexp.files", "AtomicCheckpointIO",
+                                                                      "AtomicCheckpointIO")
     with pytest.raises(AttributeError, match="module 'ceexp.files' has no attribute 'nope'"):
         files.nope  # noqa: B018

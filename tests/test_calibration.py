@@ -279,3 +279,25 @@ def test_bad_method_and_n_bins_raise():
         TemperatureScaler(method="ece")
     with pytest.raises(ValueError, match="`n_bins`"):
         TemperatureScaler(method="ece_grid", n_bins=0)
+
+
+def test_input_errors_name_what_was_given():
+    scaler = TemperatureScaler()
+    for bad, message in ((torch.zeros(2, dtype=torch.int64), "but got torch.int64"), ([1.0], "but got list")):
+        with pytest.raises(ValueError) as info:
+            scaler(bad)
+        assert str(info.value) == f"Expected `logits` to be a floating tensor, {message}"
+    for bad, got in ((torch.zeros(3), "(3,)"), ([1.0], "list"), (torch.zeros(2, 3, 4), "(2, 3, 4)")):
+        with pytest.raises(ValueError) as info:
+            scaler.log_probs(bad)
+        assert str(info.value) == f"Expected `logits` to have shape (N, C) or (N, 1), but got {got}"
+
+
+def test_log_probs_are_computed_in_float64_and_fit_records_the_width():
+    z = torch.randn(500, 7, generator=torch.Generator().manual_seed(0)) * 30  # float32, large: float32 rounding shows
+    y = torch.arange(500) % 7
+    scaler = TemperatureScaler().fit(z, y)
+    assert scaler.n_classes == 7 and TemperatureScaler().fit(z[:, :1], (y % 2)).n_classes == 2  # one logit: [0, z]
+    expected = torch.log_softmax(z.double() / scaler.temperature, dim=1).float()
+    assert torch.equal(scaler.log_probs(z), expected)
+    assert not torch.equal(torch.log_softmax(z / scaler.temperature, dim=1), expected)  # float32 would differ

@@ -46,14 +46,14 @@ def test_each_calibrator_is_fitted_on_validation_and_reported_on_test(fast_cfg):
 
 
 def test_a_calibrator_the_split_cannot_fit_is_left_out_and_the_run_completes(fast_cfg, caplog):
-    # 5% of digits' 1,437 training-and-validation samples is 72: enough for matrix scaling (2C = 20), not for
+    # 5% of digits' 1,437 training-and-validation samples is 72: enough for vector scaling (2C = 20), not for
     # histogram binning (one parameter per class and bin: 150)
-    cfg = fast_cfg("calibration=[temperature,matrix,histogram]", "data.val_fraction=0.05", "trainer.max_epochs=1",
+    cfg = fast_cfg("calibration=[temperature,vector,histogram]", "data.val_fraction=0.05", "trainer.max_epochs=1",
                    "logger=none")
     with caplog.at_level(logging.WARNING, logger="ceexp"):
         metrics = train(cfg)
     assert metrics["status"] == "completed"
-    assert "test/ece_matrix" in metrics and "test/ece_histogram" not in metrics
+    assert "test/ece_vector" in metrics and "test/ece_histogram" not in metrics
     (line,) = [r.getMessage() for r in caplog.records if "histogram skipped" in r.getMessage()]
     assert "\n" not in line and "fewer than the 150 that histogram binning needs" in line
 

@@ -31,7 +31,8 @@ PNG = b"\x89PNG\r\n\x1a\n"
 FAST = ["trainer.max_epochs=2", "data.batch_size=256", "callbacks.progress_bar=null",
         "trainer.enable_progress_bar=false", "diagram_every_n_epochs=0"]
 FIGURES = ["intervals.png", "val_nll.png", "ece_vs_acc.png", "ece_temperature_scaling.png",
-           "reliability_1_loss=ce.png", "reliability_2_loss=focal.png"]
+           "reliability_1_loss=ce.png", "reliability_2_loss=focal.png",
+           "calibration_ranks.png", "risk_coverage.png"]  # predictions.npz; no ood_logits.npz, no shift/ tags
 
 
 @pytest.fixture(scope="module")
@@ -785,5 +786,6 @@ def test_calibration_ranks_table_and_figure(tmp_path):
     (tmp_path / "out").mkdir()
     write_report(cmp, tmp_path / "out")
     md = (tmp_path / "out" / "comparison.md").read_text()
-    assert "## Does the ranking survive post-hoc calibration?" in md and "0.11 (3)" in md
+    assert "## Does the ranking survive post-hoc calibration?" in md
+    assert "| loss | n | none | temperature | isotonic |" in md and "| ce | 2 | 0.11 (3) | 0.03 (1) | 0.03 (2) |" in md
     assert (tmp_path / "out" / "comparison" / "calibration_ranks.png").is_file()

@@ -286,8 +286,9 @@ def test_trainer_flags_parse_as_users_type_them():
     (["trainer.max_steps=-7"], "trainer.max_steps=-7 is invalid: expected an integer >= -1"),
     (["loss.gamma=["], "loss.gamma=[ is invalid: expected Hydra's override syntax key=value (no viable "
                        "alternative at input '[')"),
-    (["+loss_preset=focal_9"], "loss_preset=focal_9 is not a known choice: expected one of brier, ce, flsd_53, "
-                               "focal_1, focal_2, focal_3, ls_0.05, ls_0.1"),
+    (["+loss_preset=focal_9"], "loss_preset=focal_9 is not a known choice: expected one of adafocal, brier, ce, "
+                               "confidence_penalty, dca, dual_focal, flsc_531, flsd_53, focal_1, focal_2, focal_3, "
+                               "ls_0.05, ls_0.1, mbls, mmce, poly1"),
 ])
 def test_command_line_refusals_are_one_line(argv, message):
     with pytest.raises(ConfigError) as info:

@@ -219,3 +219,27 @@ def test_md5sum_reads_in_chunks(tmp_path):
     data = bytes(range(256)) * 10_000  # 2.5 MB: more than one 1 MiB chunk
     (tmp_path / "f").write_bytes(data)
     assert dl.md5sum(tmp_path / "f") == md5(data)
+
+
+@pytest.mark.promise
+def test_a_run_with_download_true_fetches_verifies_and_trains(server, tmp_path, monkeypatch):
+    """The README's download path end to end: a real run with data=mnist data.download=true on an empty data.root
+    fetches the four files (from the loopback server, with their MD5s), stamps them verified and trains; a second
+    run reads them without downloading again."""
+    from ceexp.train import train
+    from tests.conftest import FAST, make_cfg
+
+    url, files = server
+    monkeypatch.setitem(dl.RESOURCES, "mnist", dl.Resource({n: md5(files[n]) for n in MNIST_FILES}, (f"{url}/good",)))
+    root = tmp_path / "root"
+    args = [*FAST, "trainer.max_epochs=1", "logger=none", "data=mnist", f"data.root={root}", "data.download=true",
+            "data.val_fraction=0.5", "data.on_device=false"]
+    metrics = train(make_cfg(tmp_path / "run", args))
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "completed"
+    assert metrics["test/acc"] >= 0
+    assert _Handler.requests == [f"/good/{n}" for n in MNIST_FILES]
+    stamps = [n + ".md5ok" for n in MNIST_FILES]
+    assert sorted(p.name for p in (root / "mnist").iterdir()) == sorted([*MNIST_FILES, *stamps])
+    assert all((root / "mnist" / n).read_bytes() == files[n] for n in MNIST_FILES)
+    train(make_cfg(tmp_path / "again", args))
+    assert len(_Handler.requests) == len(MNIST_FILES)  # nothing fetched twice

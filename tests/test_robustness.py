@@ -181,9 +181,12 @@ def test_digits_pixel_space_gives_back_the_raw_pixels():
 
 
 def test_compare_draws_the_robustness_figures(run):
+    """The run as a folder of runs (its .hydra record written here, as Hydra would): the three figures."""
     from ceexp.compare import compare, write_report
 
     _, run_dir = run
+    (run_dir / ".hydra").mkdir(exist_ok=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text("- ood=[noise]\n- shift=[gaussian_noise]\n")
     cmp = compare([run_dir.parent], metrics=["aurc", "ood/noise/auroc_msp", "shift/gaussian_noise/s5/ece"],
                   n_resamples=50)
     written = {p.name for p in write_report(cmp)}

@@ -114,10 +114,10 @@ def test_read_status_is_unknown_without_a_readable_record(tmp_path):
 def test_read_metrics_error_paths(tmp_path):
     with pytest.raises(FileNotFoundError):
         runs.read_metrics(tmp_path)
-    (tmp_path / "metrics.json").write_text('{"status": "completed",')
+    (tmp_path / "metrics.json").write_text('{"status": ')  # cut off
     with pytest.raises(ValueError) as info:
         runs.read_metrics(tmp_path)
-    assert str(info.value) == "metrics.json unreadable: Expecting property name enclosed in double quotes"
+    assert str(info.value) == "metrics.json unreadable: Expecting value"  # json's message, without the position
     (tmp_path / "metrics.json").write_text("[1, 2]")
     with pytest.raises(ValueError) as info:
         runs.read_metrics(tmp_path)
@@ -158,7 +158,8 @@ def test_hydra_record_readers_and_their_fallbacks(tmp_path):
     assert runs.read_overrides(run) == []
     (run / ".hydra" / "overrides.yaml").write_text("- 3\n- seed=1\n")
     assert runs.read_overrides(run) == ["3", "seed=1"]
-    (run / ".hydra" / "hydra.yaml").write_text("hydra:\n  runtime:\n    choices:\n      loss: focal\n      data: digits\n")
+    (run / ".hydra" / "hydra.yaml").write_text(
+        "hydra:\n  runtime:\n    choices:\n      loss: focal\n      data: digits\n")
     assert runs.read_choices(run) == {"loss": "focal", "data": "digits"}
     for broken in ("hydra: 3\n", "hydra:\n  runtime:\n    choices: null\n", "- a\n", "{{\n", ""):
         (run / ".hydra" / "hydra.yaml").write_text(broken)
@@ -300,9 +301,10 @@ def test_job_folder_name_escapes_and_stays_short():
         cut = runs.job_folder_name(1, "a/" * 100, max_bytes=n)
         prefix = cut[2: cut.index("~")]
         assert prefix.endswith(("a", "F")) and len(cut.encode()) <= n, cut
-    # multi-byte characters are cut whole
-    assert runs.job_folder_name(1, "é" * 100, max_bytes=40).encode().decode() == runs.job_folder_name(
-        1, "é" * 100, max_bytes=40)
+    # multi-byte characters are cut whole: 41 - len("1_~<8 hex>") = 30 bytes of 2-byte characters, then 29 bytes
+    for n in (41, 42):
+        cut = runs.job_folder_name(1, "é" * 100, max_bytes=n)
+        assert cut[2: cut.index("~")] == "é" * 15 and len(cut.encode()) <= n
 
 
 def test_job_folder_name_is_the_registered_resolver():
@@ -329,7 +331,8 @@ def test_failure_of_each_kind(tmp_path):
         (ConfigError("a=1 is invalid: expected b"),
          ("failed", "ConfigError: a=1 is invalid: expected b", "a=1 is invalid: expected b", 2, True)),
         (runs.RunInterrupted(tmp_path, 2),
-         ("interrupted", f"RunInterrupted: stopped in epoch 2; continue with: python scripts/train.py resume={tmp_path}",
+         ("interrupted",
+          f"RunInterrupted: stopped in epoch 2; continue with: python scripts/train.py resume={tmp_path}",
           f"stopped in epoch 2; continue with: python scripts/train.py resume={tmp_path}", 130, True)),
         (KeyboardInterrupt(),
          ("interrupted", "KeyboardInterrupt", f"stopped; continue with: python scripts/train.py resume={tmp_path}",
@@ -351,7 +354,8 @@ def test_failure_of_each_kind(tmp_path):
     for error, expected in cases:
         f = runs.failure_of(error, tmp_path)
         assert (f.status, f.error, f.message, f.exit_code, f.expected) == expected, error
-    assert repr(runs.failure_of(KeyError("k"), tmp_path)) == "Failure('failed', \"KeyError: 'k'\", \"KeyError: 'k'\", 1, False)"
+    assert repr(runs.failure_of(KeyError("k"), tmp_path)) == (
+        "Failure('failed', \"KeyError: 'k'\", \"KeyError: 'k'\", 1, False)")
     assert (runs.EXIT_FAILED, runs.EXIT_CONFIG, runs.EXIT_INTERRUPTED) == (1, 2, 130)
 
 

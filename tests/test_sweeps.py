@@ -127,6 +127,7 @@ def test_joblib_sweep_each_job_has_its_run_hparams_and_layout(tmp_path):
     assert "loss" in [i.name for i in experiment_of(sweep, hparams_limit=5).hparam_infos]
 
 
+@pytest.mark.promise
 def test_optuna_failed_and_non_finite_trials_do_not_stop_the_study(tmp_path):
     """A real study of 3 trials over gamma in {-1, 2} and optimized_metric in {val/nll, val/nope}: gamma=-1 fails
     validation, val/nope is no metric (NaN). Those trials are FAIL in the study, which goes on; the others are
@@ -223,6 +224,7 @@ def test_the_sweeps_extra_holds_optuna_and_its_pins():
     assert '-e ".[test,sweeps]"' in (ROOT / "Makefile").read_text()
 
 
+@pytest.mark.promise
 def test_optuna_study_whose_every_trial_fails_lists_them_and_exits_1(tmp_path):
     """Every trial fails (gamma < 0 is refused in each): the sweeper's own end (it asks the study for its best
     trial, and there is none) still lists each failed job, and the exit code is 1, as for any sweep with failures."""

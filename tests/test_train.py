@@ -174,7 +174,8 @@ def test_cli_unknown_choice_lists_choices(tmp_path):
     proc = _cli("loss=focla", cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
-        "error: loss=focla is not a known choice: expected one of ce, focal, focal_sd53, mse, smoothed, weighted_ce"
+        "error: loss=focla is not a known choice: expected one of adafocal, bce, ce, confidence_penalty, dca, "
+        "dual_focal, focal, focal_scheduled, focal_sd53, mbls, mmce, mse, poly1, sigmoid_focal, smoothed, weighted_ce"
     )
     assert not (tmp_path / "outputs").exists()
 
