@@ -88,7 +88,8 @@ def test_balanced_pos_weight_is_negatives_over_positives():
     assert loss.pos_weight.item() == pytest.approx(7 / 3)
 
 
-@pytest.mark.parametrize("loss", ["bce", "sigmoid_focal"])
+# the sigmoid focal run is slow-marked: its values are tested above, the one-logit pipeline by the bce run
+@pytest.mark.parametrize("loss", ["bce", pytest.param("sigmoid_focal", marks=pytest.mark.slow)])
 def test_one_logit_run_on_breast_cancer_reads_probabilities_as_two_classes(fast_cfg, loss):
     cfg = fast_cfg("data=breast_cancer", f"loss={loss}", "logger=none")
     metrics = train(cfg)

@@ -34,6 +34,7 @@ def _jobs(sweep: Path) -> list[Path]:
     return sorted((p.parent for p in sweep.rglob(".hydra")), key=lambda p: int(p.name.split("_", 1)[0]))
 
 
+@pytest.mark.slow  # a real sweep of its own (~10-20 s): make test-slow
 def test_two_sweeps_started_together_get_two_folders(tmp_path):
     cmd = [sys.executable, SCRIPT, "-m", "loss=ce", *QUICK, "logger=none", f"paths.root_dir={tmp_path}/outputs"]
     procs = [subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)]
@@ -86,6 +87,7 @@ def test_slash_and_long_overrides_flat_folders_every_job_listed(tmp_path):
     assert f"  {long.name}: failed: {record['error']}" in log
 
 
+@pytest.mark.slow  # a real sweep of its own (~10-20 s): make test-slow
 def test_joblib_sweep_each_job_has_its_run_hparams_and_layout(tmp_path):
     sweep = tmp_path / "sweep"
     _run(["-m", "loss=ce,focal", "seed=0,1", "hydra/launcher=joblib", *QUICK, f"hydra.sweep.dir={sweep}"], tmp_path)
