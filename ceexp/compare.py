@@ -61,11 +61,12 @@ run's pair joined), ``reliability_<i>_<group>.png``, and where the runs have the
 ``risk_coverage.png`` (per group: the mean selective risk over the runs at each coverage, from ``predictions.npz``),
 ``ood_scores_<set>.png`` (per group: MSP histograms of the test split against OOD set ``<set>``, pooled over the
 runs, from ``ood_logits.npz``) and ``shift_calibration.png`` (accuracy, ECE and ECE after temperature scaling against
-the severity of ``shift=`` corruptions, per group a box over the corruptions, as Ovadia et al. 2019, Fig. 2).
+the severity of ``shift=`` corruptions, per group a box over the corruptions, as Ovadia et al. 2019, Fig. 2) and,
+the same for the published CIFAR-C images of ``shift_c=``, ``shift_c_calibration.png``.
 
 Selective classification (``test/aurc``, ``eaurc``, ``augrc``), OOD (``ood/<set>/<metric>_<score>``) and shift
-(``shift/<corruption>/s<severity>/<metric>``) tags are metrics like any other for ``--metrics``; AUROC and AUPR are
-best highest, FPR95 lowest.
+(``shift/<corruption>/s<severity>/<metric>``, ``shift_c/...``) tags are metrics like any other for ``--metrics``;
+AUROC and AUPR are best highest, FPR95 lowest.
 
 Bad input (an empty or non-sweep folder, no completed job, an unknown metric, a ``--by`` key no job has, a
 ``--ref`` that is no group, runs without the predictions a metric needs) raises :class:`CompareError`; the
@@ -1310,34 +1311,40 @@ def _robustness_figures(cmp: Comparison, out: Path, live: list) -> list[tuple[st
                               "max softmax probability")
         drawn.append((file, f"OOD scores (MSP): test split against {name}"))
 
-    # shift: accuracy and ECE against severity, a box over the corruptions per group and severity
-    pattern = re.compile(r"shift/(?P<corruption>[^/]+)/s(?P<severity>\d+)/(?P<metric>[a-z_]+)")
-    metrics = (("acc", "test/acc", "accuracy"), ("ece", "test/ece", "ECE"),
-               ("ece_ts", "test/ece_ts", "ECE after temperature scaling"))
-    panels: dict[str, dict] = {m: {} for m, _, _ in metrics}
-    severities: set[int] = set()
-    for g, (group, _) in enumerate(live):
-        for metric, clean, _ in metrics:
-            cells: dict[int, dict[str, list]] = {}
-            for job in group.completed:
-                for tag in job.record:
-                    m = pattern.fullmatch(tag)
-                    if m and m["metric"] == metric:
-                        cells.setdefault(int(m["severity"]), {}).setdefault(m["corruption"], []).append(job.metric(tag))
-            if not cells:
-                continue
-            severities.update(cells)
-            boxes = {s: [np.nanmean(v) for v in by_corruption.values()] for s, by_corruption in cells.items()}
-            boxes[0] = [np.nanmean([job.metric(clean) for job in group.completed])]
-            panels[metric][g] = boxes
-    shown = [(label, panels[m]) for m, _, label in metrics if panels[m]]
-    if shown:
-        plots.save_severity_boxes(
-            out / "shift_calibration.png", shown, [(g.label, c) for g, c in live], [0, *sorted(severities)],
-            "Under distribution shift: the test split corrupted (shift=...), per group and severity",
-            "each box: the corruptions at that severity (per corruption the mean over the group's runs); "
-            f"{_bins_text(cmp)}")
-        drawn.append(("shift_calibration.png", "Accuracy and ECE under distribution shift"))
+    # shift: accuracy and ECE against severity, a box over the corruptions per group and severity; one figure for
+    # the test split corrupted here (shift/), one for the published CIFAR-C images (shift_c/)
+    for prefix, what, title in (
+            ("shift", "the test split corrupted (shift=...)", "Accuracy and ECE under distribution shift"),
+            ("shift_c", "the published CIFAR-10-C / CIFAR-100-C images (shift_c=...)",
+             "Accuracy and ECE on CIFAR-C (published corruptions)")):
+        pattern = re.compile(prefix + r"/(?P<corruption>[^/]+)/s(?P<severity>\d+)/(?P<metric>[a-z_]+)")
+        metrics = (("acc", "test/acc", "accuracy"), ("ece", "test/ece", "ECE"),
+                   ("ece_ts", "test/ece_ts", "ECE after temperature scaling"))
+        panels: dict[str, dict] = {m: {} for m, _, _ in metrics}
+        severities: set[int] = set()
+        for g, (group, _) in enumerate(live):
+            for metric, clean, _ in metrics:
+                cells: dict[int, dict[str, list]] = {}
+                for job in group.completed:
+                    for tag in job.record:
+                        m = pattern.fullmatch(tag)
+                        if m and m["metric"] == metric:
+                            cells.setdefault(int(m["severity"]), {}).setdefault(m["corruption"], []).append(
+                                job.metric(tag))
+                if not cells:
+                    continue
+                severities.update(cells)
+                boxes = {s: [np.nanmean(v) for v in by_corruption.values()] for s, by_corruption in cells.items()}
+                boxes[0] = [np.nanmean([job.metric(clean) for job in group.completed])]
+                panels[metric][g] = boxes
+        shown = [(label, panels[m]) for m, _, label in metrics if panels[m]]
+        if shown:
+            plots.save_severity_boxes(
+                out / f"{prefix}_calibration.png", shown, [(g.label, c) for g, c in live], [0, *sorted(severities)],
+                f"Under distribution shift: {what}, per group and severity",
+                "each box: the corruptions at that severity (per corruption the mean over the group's runs); "
+                f"{_bins_text(cmp)}")
+            drawn.append((f"{prefix}_calibration.png", title))
     return drawn
 
 

@@ -2,6 +2,7 @@
 distribution shift, with the temperature fitted on the clean validation split.
 
     python scripts/train.py ood=[noise] shift=[gaussian_noise,contrast] shift_severities=[1,3,5]
+    python scripts/train.py data=cifar10 model=resnet18 shift_c=[fog,snow] data.download=true
 
 OOD (``ood=[...]``, names in ``ceexp.validation.OOD_SETS``). Each set's inputs are normalised as the training data
 normalises its own (the model's preprocessing), through the data's pixel space (:func:`pixel_space`):
@@ -24,8 +25,18 @@ run of a sweep sees the same ones. Logged per corruption and severity as ``shift
 ``acc``, ``nll`` (nats), ``ece`` (``n_bins`` equal-width bins) and, with a temperature, ``ece_ts`` (the temperature
 of the clean validation split, as deployed: it is not refitted on the shifted data).
 
+Published shift (``shift_c=[...]`` at ``shift_severities``; data=cifar10 and data=cifar100 only). The images of
+CIFAR-10-C / CIFAR-100-C (Hendrycks & Dietterich 2019; names in ``ceexp.data.formats.CIFAR_C_CORRUPTIONS``), read
+one corruption and severity at a time from the distribution tar ``<data.root>/cifar10_c/CIFAR-10-C.tar`` (or
+``cifar100_c/CIFAR-100-C.tar``; :func:`ceexp.validation.cifar_c_file`), fetched there when ``data.download=true``
+and checked against the published MD5 unless ``data.checksum=false`` (:func:`cifar_c_archive`). Labels come from the
+file; the uint8 images are normalised as the datamodule normalises its test split (its pixel space). Logged as
+``shift_c/<corruption>/s<severity>/<tag>``, the same four values as ``shift`` (one formula for both), ``ece_ts`` with
+the clean validation temperature.
+
 Bad input stops before training (``ceexp.validation``: unknown names, shapes, severities, missing files); what only
-the loaded data can tell (a data class of the user's own without a pixel space) raises ``ConfigError`` here.
+the loaded data and files can tell (a data class of the user's own without a pixel space, a damaged file, a CIFAR-C
+archive that is not the published one) raises ``ConfigError`` here, in one line.
 """
 from __future__ import annotations
 
@@ -37,9 +48,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ceexp.validation import ConfigError, OOD_SETS, ood_fetch_hint, ood_files, ood_folder
+from ceexp.validation import (
+    OOD_SETS,
+    ConfigError,
+    cifar_c_file,
+    cifar_c_missing,
+    ood_fetch_hint,
+    ood_files,
+    ood_folder,
+)
 
-__all__ = ["CHUNK", "evaluate", "ood_inputs", "pixel_space", "predict", "shift_metrics", "shift_seed"]
+__all__ = ["CHUNK", "cifar_c_archive", "cifar_c_metrics", "evaluate", "ood_inputs", "pixel_space", "predict",
+           "shift_metrics", "shift_seed"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +67,7 @@ CHUNK = 500  # images corrupted (and predicted) at a time; each chunk draws from
 NOISE_SEED = 0
 # tabular data: noise fractions u in [0, 1] become (u - 0.5) * 6 standard units, i.e. -3 to 3
 _TABULAR_NOISE = {"mean": 0.5, "std": 1 / 6, "pixel_max": 1.0}
+_REFETCH = "delete it and pass data.download=true to fetch a good copy"
 
 
 def pixel_space(datamodule):
@@ -154,18 +175,13 @@ def _test_batches(datamodule):
         yield i, (transform(batch) if transform is not None else batch).float()
 
 
-def shift_metrics(trainer, module, datamodule, corruption: str, severity: int, space, temperature: float | None,
-                  n_bins: int) -> dict[str, float]:
-    """``{acc, nll, ece[, ece_ts]}`` (fractions; NLL in nats) of the model on the test split corrupted by
-    ``corruption`` at ``severity`` (seeded: :func:`shift_seed`)."""
+def _shifted_values(logits: torch.Tensor, target: torch.Tensor, temperature: float | None,
+                    n_bins: int) -> dict[str, float]:
+    """``{acc, nll, ece[, ece_ts]}`` of logits ``(N, C)`` against int64 targets ``(N,)``: accuracy (fraction), NLL
+    (nats), ECE (``n_bins`` equal-width bins) and, with a temperature, the ECE of ``logits / temperature``."""
     from ceexp.metrics import expected_calibration_error
-    from ceexp.shift import corrupt
 
-    logits = []
-    for i, batch in _test_batches(datamodule):
-        generator = torch.Generator(device="cpu").manual_seed(shift_seed(corruption, severity, i))
-        logits.append(predict(trainer, module, corrupt(batch, corruption, severity, generator, space=space)))
-    z, target = torch.cat(logits).double(), datamodule.y_test.cpu()
+    z = logits.double()
     out = {"acc": float((z.argmax(dim=1) == target).double().mean()),
            "nll": float(F.cross_entropy(z, target)),
            "ece": float(expected_calibration_error(z.softmax(dim=1), target, n_bins=n_bins))}
@@ -174,23 +190,94 @@ def shift_metrics(trainer, module, datamodule, corruption: str, severity: int, s
     return out
 
 
+def shift_metrics(trainer, module, datamodule, corruption: str, severity: int, space, temperature: float | None,
+                  n_bins: int) -> dict[str, float]:
+    """``{acc, nll, ece[, ece_ts]}`` (fractions; NLL in nats) of the model on the test split corrupted by
+    ``corruption`` at ``severity`` (seeded: :func:`shift_seed`)."""
+    from ceexp.shift import corrupt
+
+    logits = []
+    for i, batch in _test_batches(datamodule):
+        generator = torch.Generator(device="cpu").manual_seed(shift_seed(corruption, severity, i))
+        logits.append(predict(trainer, module, corrupt(batch, corruption, severity, generator, space=space)))
+    return _shifted_values(torch.cat(logits), datamodule.y_test.cpu(), temperature, n_bins)
+
+
+def cifar_c_archive(data_cfg, shift_c: list[str]) -> Path:
+    """The CIFAR-C archive of the data (:func:`ceexp.validation.cifar_c_file`), fetched first when it is missing
+    and ``data.download=true``, and checked against its published MD5 unless ``data.checksum=false`` (cached, as
+    the datamodules' files: :func:`ceexp.download.verify`).
+
+    Raises:
+        ConfigError: one line: the file missing (naming it, its folder and ``data.download=true``), unreadable, or
+            not the published file (its MD5).
+        DownloadError: see :func:`ceexp.download.download`.
+    """
+    from ceexp.download import RESOURCES, download, verify
+
+    path = cifar_c_file(data_cfg)
+    name = path.parent.name
+    if not path.is_file() and data_cfg.get("download") is True:
+        download(name, path.parent, data_cfg.get("mirrors"))
+    elif not path.is_file():
+        raise cifar_c_missing(shift_c, path)
+    if data_cfg.get("checksum", True) is not False:
+        md5 = RESOURCES[name].files[path.name]
+        try:
+            found = verify(path, md5)
+        except OSError as e:
+            raise ConfigError(f"{path} cannot be read ({e.strerror or e}); {_REFETCH}") from None
+        if found is not None:
+            raise ConfigError(f"{path} is not the published file: its MD5 is {found}, not {md5}; {_REFETCH}, or "
+                              f"pass data.checksum=false to read it as it is")
+    return path
+
+
+def cifar_c_metrics(trainer, module, datamodule, path: Path, corruption: str, severity: int, space,
+                    temperature: float | None, n_bins: int) -> dict[str, float]:
+    """``{acc, nll, ece[, ece_ts]}`` (as :func:`shift_metrics`) of the model on the published images of CIFAR-C
+    archive ``path`` (:func:`cifar_c_archive`) for ``corruption`` at ``severity``, against the archive's labels.
+    The uint8 images are normalised as the datamodule normalises its own (its pixel space ``space``).
+
+    Raises:
+        ConfigError: one line naming the archive: damaged (:func:`ceexp.data.formats.read_cifar_c`) or holding
+            labels outside the data's classes (CIFAR-100-C's file in the place of CIFAR-10-C's).
+    """
+    from ceexp.data.formats import DamagedFileError, read_cifar_c
+
+    try:
+        images, labels = read_cifar_c(path, corruption, severity)
+    except DamagedFileError as e:
+        raise ConfigError(f"{e}; {_REFETCH}") from None
+    if len(labels) and (labels.min() < 0 or labels.max() >= datamodule.n_classes):
+        raise ConfigError(f"{path} is not the CIFAR-C archive of this data: its labels reach {labels.max()}, "
+                          f"beyond the data's {datamodule.n_classes} classes; {_REFETCH}")
+    x = _from_pixels(torch.from_numpy(images).double() / 255.0, space, tuple(datamodule.input_shape))
+    return _shifted_values(predict(trainer, module, x), torch.from_numpy(labels), temperature, n_bins)
+
+
 def evaluate(trainer, module, datamodule, cfg) -> dict[str, float]:
-    """Evaluate the tested model on the OOD sets of ``cfg.ood`` and the corruptions of ``cfg.shift`` at
-    ``cfg.shift_severities``; log the values to every logger (at the step of the ``test/`` values) and return them.
+    """Evaluate the tested model on the OOD sets of ``cfg.ood``, the corruptions of ``cfg.shift`` and the CIFAR-C
+    corruptions of ``cfg.shift_c`` at ``cfg.shift_severities``; log the values to every logger (at the step of the
+    ``test/`` values) and return them.
 
     Writes ``ood_logits.npz`` into the run directory (rank 0, unless ``save_predictions=false``).
 
     Returns:
-        ``{tag: float}``: ``ood/<set>/<metric>_<score>[_ts]`` and ``shift/<corruption>/s<severity>/<metric>``;
-        ``{}`` when neither is asked for, or nothing was tested (``trainer.limit_test_batches=0``).
+        ``{tag: float}``: ``ood/<set>/<metric>_<score>[_ts]``, ``shift/<corruption>/s<severity>/<metric>`` and
+        ``shift_c/<corruption>/s<severity>/<metric>``; ``{}`` when none is asked for, or nothing was tested
+        (``trainer.limit_test_batches=0``).
 
     Raises:
-        ConfigError: see :func:`ood_inputs`; a corruption of data without a pixel space.
+        ConfigError: see :func:`ood_inputs`, :func:`cifar_c_archive` and :func:`cifar_c_metrics`; a corruption of
+            data without a pixel space.
+        DownloadError: a file ``data.download=true`` could not fetch.
     """
     from ceexp.ood import ood_metrics
 
     ood, shift = list(cfg.get("ood") or []), list(cfg.get("shift") or [])
-    if not (ood or shift) or module.test_logits is None or module.test_logits.numel() == 0:
+    shift_c = list(cfg.get("shift_c") or [])
+    if not (ood or shift or shift_c) or module.test_logits is None or module.test_logits.numel() == 0:
         return {}
     space = pixel_space(datamodule)
     temperature = module.temperature
@@ -200,29 +287,40 @@ def evaluate(trainer, module, datamodule, cfg) -> dict[str, float]:
         ood_logits[name] = predict(trainer, module, ood_inputs(name, datamodule, cfg.data, space))
         scores = ood_metrics(module.test_logits, ood_logits[name], temperature)
         values.update({f"ood/{name}/{key}": value for key, value in scores.items()})
-    if shift and space is None:
-        raise ConfigError(f"shift={list(shift)} is invalid: expected image data with a pixel space (mean, std), "
-                          f"but {type(datamodule).__name__} has none")
+    for field, names in (("shift", shift), ("shift_c", shift_c)):
+        if names and space is None:
+            raise ConfigError(f"{field}={names} is invalid: expected image data with a pixel space (mean, std), "
+                              f"but {type(datamodule).__name__} has none")
+    archive = cifar_c_archive(cfg.data, shift_c) if shift_c else None
     for corruption in shift:
         for severity in cfg.shift_severities:
             result = shift_metrics(trainer, module, datamodule, corruption, int(severity), space, temperature,
                                    cfg.n_bins)
             values.update({f"shift/{corruption}/s{severity}/{key}": value for key, value in result.items()})
+    for corruption in shift_c:
+        for severity in cfg.shift_severities:
+            result = cifar_c_metrics(trainer, module, datamodule, archive, corruption, int(severity), space,
+                                     temperature, cfg.n_bins)
+            values.update({f"shift_c/{corruption}/s{severity}/{key}": value for key, value in result.items()})
     module._log_epoch(values)  # the module's one path to the loggers, at the test values' step
     if ood_logits and cfg.get("save_predictions", True) and trainer.is_global_zero:
         from ceexp.runs import write_ood_logits
 
         write_ood_logits(Path(cfg.paths.output_dir), ood_logits)
-    _log_summary(values, ood, shift)
+    _log_summary(values, ood, {"shift": shift, "shift_c": shift_c})
     return values
 
 
-def _log_summary(values: dict[str, Any], ood: list[str], shift: list[str]) -> None:
+def _log_summary(values: dict[str, Any], ood: list[str], shifts: dict[str, list[str]]) -> None:
+    """One line per OOD set; per kind of shift (``shift``, ``shift_c``) asked for, the mean accuracy and ECE over
+    its corruptions and severities."""
     for name in ood:
         log.info("ood/%s: AUROC %.4f (MSP), %.4f (energy); FPR95 %.4f (MSP)", name, values[f"ood/{name}/auroc_msp"],
                  values[f"ood/{name}/auroc_energy"], values[f"ood/{name}/fpr95_msp"])
-    if shift:
+    for prefix, names in shifts.items():
+        if not names:
+            continue
         for metric in ("acc", "ece"):
-            tags = [k for k in values if k.startswith("shift/") and k.endswith(f"/{metric}")]
-            log.info("shift: mean %s %.4f over %d corruptions x severities", metric,
+            tags = [k for k in values if k.startswith(f"{prefix}/") and k.endswith(f"/{metric}")]
+            log.info("%s: mean %s %.4f over %d corruptions x severities", prefix, metric,
                      sum(values[k] for k in tags) / len(tags), len(tags))

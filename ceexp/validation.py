@@ -522,6 +522,12 @@ DATA_SHAPES = {
     "ceexp.data.SyntheticDataModule": (None, None, None),  # (n_features,)
 }
 SEVERITY_RANGE = (1, 5)  # ceexp.shift.SEVERITIES
+# ceexp.data.formats.CIFAR_C_CORRUPTIONS (tests/test_cifar_c_shift.py holds the two equal): shift_c=[...]
+CIFAR_C_NAMES = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
+                 "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
+                 "jpeg_compression", "speckle_noise", "gaussian_blur", "spatter", "saturate")
+# data target -> the published corrupted copies of its test split (a key of ceexp.download.RESOURCES)
+CIFAR_C_SETS = {"ceexp.data.CIFAR10DataModule": "cifar10_c", "ceexp.data.CIFAR100DataModule": "cifar100_c"}
 
 
 def _names(names) -> str:
@@ -558,14 +564,39 @@ def ood_fetch_hint(data: Mapping, name: str, folder: Path) -> str:
             f"download('{name}', '{folder}')\"")
 
 
+def cifar_c_file(data: Mapping) -> Path | None:
+    """Where the CIFAR-C archive of data config ``data`` is: ``<data.root>/cifar10_c/CIFAR-10-C.tar`` (data=cifar10)
+    or ``<data.root>/cifar100_c/CIFAR-100-C.tar`` (data=cifar100), ``data.root`` resolved as :func:`ood_folder`
+    does; ``None`` for other data."""
+    from ceexp.download import RESOURCES
+
+    name = CIFAR_C_SETS.get(data.get("_target_"))
+    if name is None:
+        return None
+    (filename,) = RESOURCES[name].files
+    return ood_folder(data, name) / filename
+
+
+def cifar_c_missing(shift_c: list, path: Path) -> ConfigError:
+    """The one-line error of a CIFAR-C archive ``path`` that is missing: the file, its folder, the download switch."""
+    return invalid("shift_c", shift_c, f"the file {path.name} in {path.parent} (missing); put it there, or pass "
+                                       f"data.download=true to fetch it (2.9 GB)")
+
+
 def _robustness_fits_data(node: DictConfig, path: str) -> None:
-    """``ood`` and ``shift`` against the data: an OOD set of another input shape than the model's, an OOD set that
-    is the training data's own distribution, corruptions of tabular data or of images they do not apply to
-    (``rotation``: 28x28 grey only), and OOD files missing where ``data.download`` will not fetch them."""
+    """``ood``, ``shift`` and ``shift_c`` against the data: an OOD set of another input shape than the model's, an
+    OOD set that is the training data's own distribution, corruptions of tabular data or of images they do not
+    apply to (``rotation``: 28x28 grey only), CIFAR-C corruptions of data other than CIFAR-10 / CIFAR-100, and OOD or
+    CIFAR-C files missing where ``data.download`` will not fetch them."""
     ood, shift = list(node.get("ood") or []), list(node.get("shift") or [])
+    shift_c = list(node.get("shift_c") or [])
     data = node.get("data")
-    if not (ood or shift) or not isinstance(data, DictConfig):
+    if not (ood or shift or shift_c) or not isinstance(data, DictConfig):
         return
+    if shift_c and data.get("_target_") not in CIFAR_C_SETS:
+        kind = str(data.get("_target_")).rsplit(".", 1)[-1]
+        raise invalid("shift_c", shift_c, f"data=cifar10 (CIFAR-10-C) or data=cifar100 (CIFAR-100-C), the data with "
+                                          f"published corrupted copies, not {kind}")
     known = DATA_SHAPES.get(data.get("_target_"))
     if known is None:  # the user's own data class: its shapes are unknown here (ceexp.robustness checks them)
         return
@@ -593,11 +624,15 @@ def _robustness_fits_data(node: DictConfig, path: str) -> None:
         if missing:
             raise invalid("ood", ood, f"the {name} files {_names(missing)} in {folder} (missing); "
                                       f"{ood_fetch_hint(data, name, folder)}")
+    archive = cifar_c_file(data) if shift_c else None
+    if archive is not None and not archive.is_file():
+        raise cifar_c_missing(shift_c, archive)
 
 
 ROBUSTNESS = {
     "ood": list_of(choice(*OOD_SETS), f"a list of OOD sets from {_names(OOD_SETS)}"),
     "shift": list_of(choice(*CORRUPTION_NAMES), f"a list of corruptions from {_names(CORRUPTION_NAMES)}"),
+    "shift_c": list_of(choice(*CIFAR_C_NAMES), f"a list of CIFAR-C corruptions from {_names(CIFAR_C_NAMES)}"),
     "shift_severities": list_of(integer(*SEVERITY_RANGE), "a non-empty list of severities, integers from 1 to 5",
                                 min_len=1),
 }
