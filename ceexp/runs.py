@@ -263,10 +263,14 @@ def read_predictions(run_dir: str | Path) -> dict:
                 raise ValueError(f"{path} is not a predictions file: expected arrays {', '.join(_PREDICTION_KEYS)}, "
                                  f"missing {', '.join(missing)}")
             out = {k: data[k] for k in _PREDICTION_KEYS}
+    except FileNotFoundError:
+        raise
     except (zipfile.BadZipFile, EOFError, OSError) as e:
-        if isinstance(e, FileNotFoundError):
-            raise
         raise ValueError(f"{path} is unreadable: {e}") from e
+    except ValueError as e:  # numpy's own (about pickles), for a file that is neither .npz nor .npy
+        if str(e).startswith(f"{path} "):
+            raise
+        raise ValueError(f"{path} is not an .npz file (not a zip archive of arrays)") from e
     out["temperature"] = float(out["temperature"])
     return out
 
@@ -308,6 +312,8 @@ def read_ood_logits(run_dir: str | Path) -> dict:
             return {k: data[k] for k in data.files}
     except (zipfile.BadZipFile, EOFError, OSError) as e:
         raise ValueError(f"{path} is unreadable: {e}") from e
+    except ValueError as e:  # numpy's own, for a file that is neither .npz nor .npy
+        raise ValueError(f"{path} is not an .npz file (not a zip archive of arrays)") from e
 
 
 def resume_argv(argv: list[str]) -> list[str]:

@@ -209,6 +209,10 @@ def test_read_predictions_error_paths(tmp_path):
     (tmp_path / "predictions.npz").write_bytes(b"PK\x03\x04 not a zip")
     with pytest.raises(ValueError, match=f"^{tmp_path / 'predictions.npz'} is unreadable: "):
         runs.read_predictions(tmp_path)
+    (tmp_path / "predictions.npz").write_text("garbage, neither a zip nor a .npy")  # numpy: a ValueError of its own
+    with pytest.raises(ValueError) as info:
+        runs.read_predictions(tmp_path)
+    assert str(info.value) == f"{tmp_path / 'predictions.npz'} is not an .npz file (not a zip archive of arrays)"
 
 
 def test_ood_logits_round_trip_and_error_paths(tmp_path):
@@ -222,6 +226,10 @@ def test_ood_logits_round_trip_and_error_paths(tmp_path):
     (tmp_path / "ood_logits.npz").write_bytes(b"PK\x03\x04 not a zip")
     with pytest.raises(ValueError, match="ood_logits.npz is unreadable: "):
         runs.read_ood_logits(tmp_path)
+    (tmp_path / "ood_logits.npz").write_text("garbage")
+    with pytest.raises(ValueError) as info:
+        runs.read_ood_logits(tmp_path)
+    assert str(info.value) == f"{tmp_path / 'ood_logits.npz'} is not an .npz file (not a zip archive of arrays)"
 
 
 # ---------------------------------------------------------------------------------------------------------
