@@ -5,7 +5,7 @@
     python tests/mutation.py --list               # the modules and their test files
     python tests/mutation.py losses --only 'ceexp.losses.x_sample_dependent_focal_loss*'   # some functions
 
-Each module runs in its own workspace ``build/mutation/<module>/`` (a copy of ``ceexp/``, ``configs/`` and
+Each module runs in its own workspace ``build/mutation/<module>/`` (a copy of ``ceexp/``, ``configs/``, ``scripts/`` and
 ``tests/`` with a ``pyproject.toml`` naming that module and its test files), so a mutant runs only the tests of
 its module that reach the mutated function: seconds, not minutes. mutmut never edits the working tree (it
 mutates a copy under ``<workspace>/mutants/``) and keeps its results there, so a second run only tries what
@@ -85,7 +85,7 @@ def prepare(module: str) -> Path:
     """Lay out ``build/mutation/<module>/`` afresh (keeping mutmut's ``mutants/`` results) and return it."""
     work = ROOT / "build" / "mutation" / module
     work.mkdir(parents=True, exist_ok=True)
-    for name in ("ceexp", "configs", "tests"):
+    for name in ("ceexp", "configs", "scripts", "tests"):
         shutil.rmtree(work / name, ignore_errors=True)
         shutil.copytree(ROOT / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
     with open(work / "tests" / "conftest.py", "a") as f:  # mutmut's fork server collects the tests: import here
@@ -94,7 +94,7 @@ def prepare(module: str) -> Path:
     mutmut = {
         "source_paths": ["ceexp"],
         "only_mutate": [f"ceexp/{module}.py"],
-        "also_copy": ["configs"],
+        "also_copy": ["configs", "scripts"],
         "pytest_add_cli_args_test_selection": MODULES[module],
         "pytest_add_cli_args": ["-p", "no:cacheprovider", "-W", "ignore"],
         # torch is not fork-safe once it has run: each mutant forks from a process that only imported the tests
