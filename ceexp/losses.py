@@ -203,8 +203,8 @@ class _Focal(torch.autograd.Function):
 def _keep_and_safe_target(target: torch.Tensor, ignore_index: int):
     """The non-ignored mask ``(N,)`` and targets safe to gather with (ignored rows read class 0, weighted 0)."""
     keep = target != ignore_index
-    # validated targets lie in [0, C) or equal ignore_index, so a negative ignore_index is the only negative value
-    return keep, (target.clamp(min=0) if ignore_index < 0 else target * keep)
+    # validated targets lie in [0, C) or equal ignore_index (which may be negative or >= C): zero it out
+    return keep, target * keep
 
 
 def _focal(
@@ -984,7 +984,8 @@ def _equal_mass_edges(conf: torch.Tensor, n_bins: int) -> torch.Tensor:
     lo = pos.floor().clamp(max=n - 1)
     lo_index = lo.long()
     hi_index = (lo_index + 1).clamp(max=n - 1)
-    return torch.where(pos >= n - 1, s[-1], (s[hi_index] - s[lo_index]) * (pos - lo) + s[lo_index])
+    # from position n - 1 on, lo = hi = n - 1: the interpolation reads s[-1] itself
+    return (s[hi_index] - s[lo_index]) * (pos - lo) + s[lo_index]
 
 
 class AdaFocalLoss(nn.Module):

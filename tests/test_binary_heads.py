@@ -36,6 +36,14 @@ def test_sigmoid_focal_values(alpha, gamma):
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12)
     assert SigmoidFocalLoss(alpha=alpha, gamma=gamma)(Z, Y).item() == pytest.approx(expected.mean(), rel=1e-12)
     assert SigmoidFocalLoss(alpha=alpha, gamma=gamma, reduction="sum")(Z, Y).item() == pytest.approx(expected.sum())
+    # 16-bit logits are computed, and returned, in float32
+    z16 = Z.to(torch.bfloat16)
+    got16 = SigmoidFocalLoss(alpha=alpha, gamma=gamma)(z16, Y)
+    assert got16.dtype == torch.float32
+    want16 = _np_sigmoid_focal(z16[:, 0].double().numpy(), y, alpha, gamma).mean()
+    assert got16.item() == pytest.approx(want16, rel=1e-6)
+    # the defaults are the paper's, alpha 0.25 and gamma 2
+    assert SigmoidFocalLoss().extra_repr() == "alpha=0.25, gamma=2.0, reduction='mean', ignore_index=-100"
 
 
 def test_gamma_0_without_alpha_is_bce_and_bce_is_two_class_cross_entropy():
@@ -47,12 +55,28 @@ def test_gamma_0_without_alpha_is_bce_and_bce_is_two_class_cross_entropy():
 
 def test_pos_weight_and_ignore_index():
     z, y = Z[:, 0].numpy(), Y.numpy()
-    per = 3.0 * y * np.logaddexp(0, -z) + (1 - y) * np.logaddexp(0, z)
     target = Y.clone()
     target[2] = -100
     keep = np.arange(6) != 2
-    got = BinaryCrossEntropyLoss(pos_weight=3.0)(Z, target)
-    assert got.item() == pytest.approx(per[keep].mean(), rel=1e-12)
+    for pos_weight in (3.0, 0.5, 1):
+        per = pos_weight * y * np.logaddexp(0, -z) + (1 - y) * np.logaddexp(0, z)
+        loss = BinaryCrossEntropyLoss(pos_weight=pos_weight)
+        assert loss(Z, target).item() == pytest.approx(per[keep].mean(), rel=1e-12)
+        # a float buffer in torch's default dtype, which follows the module's .double()
+        assert loss.pos_weight.dtype == torch.get_default_dtype()
+        assert loss.double().pos_weight.dtype == torch.float64
+    # every reduction; the ignored sample weighs 0 and gets a zero gradient
+    bce = 3.0 * y * np.logaddexp(0, -z) + (1 - y) * np.logaddexp(0, z)
+    references = [(BinaryCrossEntropyLoss, {"pos_weight": 3.0}, bce),
+                  (SigmoidFocalLoss, {"alpha": 0.25, "gamma": 2.0}, _np_sigmoid_focal(z, y, 0.25, 2.0))]
+    for cls, kwargs, per in references:
+        want = {"none": np.where(keep, per, 0.0), "mean": per[keep].mean(), "sum": per[keep].sum()}
+        for reduction in ("none", "mean", "sum"):
+            logits = Z.clone().requires_grad_()
+            got = cls(**kwargs, reduction=reduction)(logits, target)
+            np.testing.assert_allclose(got.detach().numpy(), want[reduction], rtol=1e-12)
+            got.sum().backward()
+            assert torch.isfinite(logits.grad).all() and logits.grad[2, 0] == 0, (cls, reduction)
 
 
 def test_gradient_of_sigmoid_focal_matches_finite_differences():
@@ -70,13 +94,27 @@ def test_saturated_logits_stay_finite():
         z.grad = None
 
 
-def test_bad_inputs_are_refused():
-    with pytest.raises(ValueError, match=r"one logit per sample.*\(6, 2\)"):
-        BinaryCrossEntropyLoss()(torch.zeros(6, 2), Y)
-    with pytest.raises(ValueError, match="targets in \\{0, 1\\}.*got 2"):
-        SigmoidFocalLoss()(Z, torch.tensor([0, 1, 2, 0, 1, 0]))
-    with pytest.raises(ValueError, match="pos_weight"):
-        BinaryCrossEntropyLoss(pos_weight=0.0)
+@pytest.mark.parametrize("make, message", [
+    (lambda: BinaryCrossEntropyLoss()(torch.zeros(6, 2), Y),
+     ("Expected one logit per sample, `logits` of shape (N, 1), but got (6, 2): a binary loss trains a one-logit "
+      "head (two classes)")),
+    (lambda: SigmoidFocalLoss()(Z, torch.tensor([0, 1, 2, 0, 1, 0])),
+     "Expected targets in {0, 1} (or ignore_index=-100), but got 2: a binary loss is for two classes"),
+    (lambda: BinaryCrossEntropyLoss(pos_weight=0.0), "Expected argument `pos_weight` to be a number > 0, but got 0.0"),
+    (lambda: BinaryCrossEntropyLoss(reduction="avg"),
+     "Expected argument `reduction` to be one of ['none', 'mean', 'sum'], but got 'avg'"),
+    (lambda: BinaryCrossEntropyLoss(ignore_index=1.5),
+     "Expected argument `ignore_index` to be an integer, but got 1.5"),
+    (lambda: SigmoidFocalLoss(gamma=-1), "Expected argument `gamma` to be a finite number >= 0, but got -1"),
+    (lambda: SigmoidFocalLoss(alpha=1.5), "Expected argument `alpha` to be a number in [0, 1], but got 1.5"),
+    (lambda: SigmoidFocalLoss(reduction="avg"),
+     "Expected argument `reduction` to be one of ['none', 'mean', 'sum'], but got 'avg'"),
+    (lambda: SigmoidFocalLoss(ignore_index=1.5), "Expected argument `ignore_index` to be an integer, but got 1.5"),
+])
+def test_bad_inputs_are_refused(make, message):
+    with pytest.raises(ValueError) as refused:
+        make()
+    assert str(refused.value) == message
 
 
 def test_balanced_pos_weight_is_negatives_over_positives():

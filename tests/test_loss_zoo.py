@@ -195,7 +195,7 @@ def as_torch(z, y, requires_grad=False):
 
 
 @pytest.mark.parametrize("name", list(LOSSES))
-@pytest.mark.parametrize("ignore_index", [-100, 3])
+@pytest.mark.parametrize("ignore_index", [-100, 3, 255])  # 255: past the classes, as in segmentation
 def test_matches_numpy_with_every_reduction_and_ignored_samples(name, ignore_index):
     make, reference = LOSSES[name]
     z, y = batch()
@@ -247,6 +247,27 @@ def test_dual_focal_picks_the_largest_probability_strictly_below_the_true_one():
     want = [(1 - 0.5 + 0.3) ** 2 * math.log(2), (1 - 0.4 + 0.2) ** 2 * -math.log(0.4),
             (1 - 0.2) ** 2 * -math.log(0.2), (1 - 0.25) ** 2 * math.log(4)]
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-12)
+
+
+@pytest.mark.parametrize("z, y", [
+    ([[2.2, 0.0], [0.0, 0.4]], [0, 0]),  # one right (r = 0.90), one wrong (r = 0.60)
+    ([[2.2, 0.0], [0.0, 0.4], [0.3, 0.0]], [0, 0, 0]),  # two right, one wrong
+    ([[2.2, 0.0], [0.0, 0.4], [0.0, 1.5]], [0, 0, 0]),  # one right, two wrong
+])
+def test_mmce_with_a_single_right_or_wrong_sample(z, y):
+    z, y = np.array(z), np.array(y)
+    assert np_mmce_weighted(z, y, 0.4) > 0.05  # a term well above its 1e-5 floor
+    logits, target = as_torch(z, y)
+    got = MMCELoss(lamda=1.0, reduction="none")(logits, target)
+    np.testing.assert_allclose(got.numpy(), np_mmce(z, y, 1.0, 0.4), rtol=1e-12)
+
+
+def test_dca_of_a_single_kept_sample():
+    # right at confidence e^2 / (1 + e^2): DCA |1 - 0.880797| = 1 / (1 + e^2); the ignored sample counts nowhere
+    logits, target = torch.tensor([[2.0, 0.0], [0.0, 1.0]], dtype=torch.float64), torch.tensor([0, -100])
+    want = math.log(1 + math.exp(-2)) + 1 / (1 + math.exp(2))
+    np.testing.assert_allclose(DCALoss(beta=1.0, reduction="none")(logits, target).numpy(), [want, 0.0], rtol=1e-14)
+    assert DCALoss(beta=1.0)(logits[:1], target[:1]).item() == pytest.approx(want, rel=1e-14)
 
 
 def test_mmce_all_right_or_all_wrong_is_cross_entropy():
@@ -411,6 +432,18 @@ def test_adafocal_update_rule_matches_the_released_code_step_by_step():
     np.testing.assert_allclose(loss.gammas.numpy(), gammas, rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize("n, n_bins", [(5, 3), (7, 2), (1, 4), (2, 3), (6, 6), (10, 15), (9, 1)])
+def test_adafocal_edges_are_mukhotis_equal_mass_interpolation(n, n_bins):
+    # histedges_equalN: np.interp(np.linspace(0, N, n_bins + 1), np.arange(N), np.sort(conf)); (5, 3) puts an
+    # edge between the two largest confidences, (1, 4) and (10, 15) positions past the last sample
+    probs, labels = validation_probs(n, 3, n + n_bins, 1.5, 0.5)
+    loss = AdaFocalLoss(n_bins=n_bins)
+    loss.update_from_validation(torch.tensor(probs), torch.tensor(labels))
+    conf = np.sort(probs.max(axis=1))
+    want = np.interp(np.linspace(0, n, n_bins + 1), np.arange(n), conf)
+    np.testing.assert_allclose(loss.edges.numpy(), want, rtol=1e-15, atol=0)
+
+
 def test_adafocal_forward_reads_the_updated_bins_and_gammas():
     loss = AdaFocalLoss(n_bins=4, lamda=10.0)
     probs, labels = validation_probs(50, 3, 9, 1.0, 0.9)  # under-confident: three gammas switch to inverse focal
@@ -482,6 +515,62 @@ def test_adafocal_update_refuses_bad_probabilities_and_skips_ignored_targets():
 def test_bad_arguments_name_the_argument(make, name):
     with pytest.raises(ValueError, match=f"`{name}`"):
         make()
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: AdaFocalLoss(gamma_initial=float("inf")),
+     "Expected argument `gamma_initial` to be a finite number, but got inf"),
+    (lambda: AdaFocalLoss(gamma_initial="1"), "Expected argument `gamma_initial` to be a finite number, but got '1'"),
+    (lambda: AdaFocalLoss(gamma_min=float("nan")), "Expected argument `gamma_min` to be a finite number, but got nan"),
+    (lambda: AdaFocalLoss(gamma_min=True), "Expected argument `gamma_min` to be a finite number, but got True"),
+    (lambda: AdaFocalLoss(gamma_max=float("-inf")),
+     "Expected argument `gamma_max` to be a finite number, but got -inf"),
+    (lambda: ScheduledFocalLoss(milestones=100),
+     "Expected arguments `milestones` and `gammas` to be sequences, but got 100 and (5.0, 3.0, 1.0)"),
+    (lambda: ScheduledFocalLoss(milestones=[1.5], gammas=[1.0, 2.0]),
+     "Expected argument `milestones` to hold epochs (integers >= 0), but got [1.5]"),
+    (lambda: ScheduledFocalLoss(milestones=[True], gammas=[1.0, 2.0]),
+     "Expected argument `milestones` to hold epochs (integers >= 0), but got [True]"),
+])
+def test_bad_arguments_messages_are_exact(make, message):
+    with pytest.raises(ValueError) as refused:
+        make()
+    assert str(refused.value) == message
+
+
+def test_extra_repr_shows_the_papers_defaults():
+    scheduled = ScheduledFocalLoss()
+    want = {
+        MarginBasedLabelSmoothingLoss(): "margin=10.0, alpha=0.1, reduction='mean', ignore_index=-100",
+        MMCELoss(): "lamda=2.0, kernel_width=0.4, reduction='mean', ignore_index=-100",
+        DCALoss(): "beta=5.0, reduction='mean', ignore_index=-100",
+        ConfidencePenaltyLoss(): "beta=0.1, reduction='mean', ignore_index=-100",
+        Poly1Loss(): "epsilon=1.0, reduction='mean', ignore_index=-100",
+        DualFocalLoss(): "gamma=5.0, reduction='mean', ignore_index=-100",
+        scheduled: "milestones=[100, 250], gammas=[5.0, 3.0, 1.0], epoch=0, gamma=5.0, reduction='mean', "
+                   "ignore_index=-100",
+        AdaFocalLoss(): "n_bins=15, lamda=1.0, gamma_initial=1.0, gamma_min=-2.0, gamma_max=20.0, switch_pt=0.2, "
+                        "reduction='mean', ignore_index=-100",
+    }
+    for loss, text in want.items():
+        assert loss.extra_repr() == text
+    scheduled.set_epoch(120)
+    assert scheduled.extra_repr() == ("milestones=[100, 250], gammas=[5.0, 3.0, 1.0], epoch=120, gamma=3.0, "
+                                      "reduction='mean', ignore_index=-100")
+    assert ScheduledFocalLoss([3], [2, 1], "sum", 9).extra_repr() == \
+        "milestones=[3], gammas=[2.0, 1.0], epoch=0, gamma=2.0, reduction='sum', ignore_index=9"
+
+
+def test_losses_give_no_warning():
+    import warnings
+
+    z, y = batch()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for make, _ in LOSSES.values():
+            logits, target = as_torch(z, y, requires_grad=True)
+            make()(logits, target).backward()
+        AdaFocalLoss().update_from_validation(torch.tensor(np.exp(np_log_softmax(z))), torch.tensor(y))
 
 
 def test_bad_inputs_name_the_argument():

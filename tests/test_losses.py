@@ -181,7 +181,7 @@ def test_focal_matches_numpy(batch, gamma, reduction):
 
 
 @pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
-@pytest.mark.parametrize("ignore_index", [-100, 2])
+@pytest.mark.parametrize("ignore_index", [-100, 2, 255])  # 255: past the classes, as in segmentation
 def test_focal_ignore_index(batch, gamma, ignore_index):
     z, y = batch
     y = y.copy()
@@ -347,15 +347,16 @@ def test_flsd_custom_gammas_and_threshold():
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
 def test_brier_matches_numpy(batch, reduction):
     z, y = batch
-    y = y.copy()
-    y[3::9] = -100
-    logits, target = as_torch(z, y)
-    np.testing.assert_allclose(
-        BrierLoss(reduction=reduction)(logits, target).numpy(),
-        np_brier(z, y, reduction=reduction),
-        rtol=1e-12,
-        atol=1e-14,
-    )
+    for ignore_index in (-100, 255):
+        y = batch[1].copy()
+        y[3::9] = ignore_index
+        logits, target = as_torch(z, y)
+        np.testing.assert_allclose(
+            BrierLoss(reduction=reduction, ignore_index=ignore_index)(logits, target).numpy(),
+            np_brier(z, y, reduction=reduction, ignore_index=ignore_index),
+            rtol=1e-12,
+            atol=1e-14,
+        )
 
 
 def test_brier_hand_values():
@@ -439,6 +440,14 @@ def check_saturated(loss_fn, wrong_way, dtype, reduction, out, grad):
         (lambda: BrierLoss(reduction="avg"), "reduction"),
         (lambda: focal_loss(torch.zeros(2, 2), torch.tensor([0, 1]), gamma=-1), "gamma"),
         (lambda: brier_loss(torch.zeros(2, 2), torch.tensor([0, 1]), reduction="avg"), "reduction"),
+        (lambda: SampleDependentFocalLoss(ignore_index=1.5), "ignore_index"),
+        (lambda: BrierLoss(ignore_index=1.5), "ignore_index"),
+        (lambda: focal_loss(torch.zeros(2, 2), torch.tensor([0, 1]), reduction="avg"), "reduction"),
+        (lambda: focal_loss(torch.zeros(2, 2), torch.tensor([0, 1]), ignore_index=1.5), "ignore_index"),
+        (lambda: sample_dependent_focal_loss(torch.zeros(2, 2), torch.tensor([0, 1]), reduction="avg"), "reduction"),
+        (lambda: sample_dependent_focal_loss(torch.zeros(2, 2), torch.tensor([0, 1]), ignore_index=1.5),
+         "ignore_index"),
+        (lambda: brier_loss(torch.zeros(2, 2), torch.tensor([0, 1]), ignore_index=1.5), "ignore_index"),
     ],
 )
 def test_bad_arguments_name_the_argument(make, name):
@@ -464,8 +473,9 @@ def test_bad_inputs_name_the_argument(logits, target, name):
     for loss_fn in (FocalLoss(), FocalLoss(alpha=[1.0, 1.0, 1.0]), SampleDependentFocalLoss(), BrierLoss()):
         with pytest.raises(ValueError, match=f"`{name}`"):
             loss_fn(logits, target)
-    with pytest.raises(ValueError, match=f"`{name}`"):
-        focal_loss(logits, target, alpha=[1.0, 1.0, 1.0])
+    for loss_fn in (lambda x, t: focal_loss(x, t, alpha=[1.0, 1.0, 1.0]), sample_dependent_focal_loss, brier_loss):
+        with pytest.raises(ValueError, match=f"`{name}`"):
+            loss_fn(logits, target)
 
 
 def test_functional_forms_equal_modules(batch):
@@ -483,3 +493,105 @@ def test_functional_forms_equal_modules(batch):
     assert_close(
         brier_loss(logits, target, reduction="none"), BrierLoss(reduction="none")(logits, target), rtol=0, atol=0
     )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# exact messages, extra_repr, defaults, dtypes and warnings
+
+
+ALPHA_MESSAGES = [
+    (lambda: FocalLoss(alpha=["a", "b"]),
+     "Expected argument `alpha` to be None, a float or a sequence of class weights, but got ['a', 'b']"),
+    (lambda: FocalLoss(alpha=[]), "Expected argument `alpha` to be a non-empty 1-D sequence, but got shape (0,)"),
+    (lambda: focal_loss(torch.zeros(2, 2), torch.tensor([0, 1]), alpha=torch.ones(2, 2)),
+     "Expected argument `alpha` to be a non-empty 1-D sequence, but got shape (2, 2)"),
+    (lambda: FocalLoss(alpha=0.25)(torch.zeros(2, 3), torch.tensor([0, 2])),
+     ("Expected argument `alpha` to be a sequence of C=3 per-class weights, but got the float 0.25: a float `alpha` "
+      "is only defined for C == 2 classes; pass a sequence of C per-class weights")),
+]
+
+
+@pytest.mark.parametrize("make, message", ALPHA_MESSAGES)
+def test_bad_alpha_messages_are_exact(make, message):
+    with pytest.raises(ValueError) as refused:
+        make()
+    assert str(refused.value) == message
+
+
+def test_extra_repr_and_defaults():
+    # the defaults are the papers': focal gamma 2 (Lin et al.), FLSD-53 (Mukhoti et al.)
+    assert FocalLoss().extra_repr() == "gamma=2.0, alpha=None, reduction='mean', ignore_index=-100"
+    assert FocalLoss(1, alpha=0.3, reduction="sum", ignore_index=4).extra_repr() == \
+        "gamma=1.0, alpha=0.3, reduction='sum', ignore_index=4"
+    assert FocalLoss(alpha=[0.5, 2.0]).extra_repr() == \
+        "gamma=2.0, alpha=[0.5, 2.0], reduction='mean', ignore_index=-100"
+    # an integer tensor becomes float weights in torch's default dtype (so that .double() converts it too)
+    ints = FocalLoss(alpha=torch.tensor([1, 2, 3]))
+    assert ints.alpha.dtype == torch.get_default_dtype()
+    assert ints.extra_repr() == "gamma=2.0, alpha=[1.0, 2.0, 3.0], reduction='mean', ignore_index=-100"
+    assert SampleDependentFocalLoss().extra_repr() == \
+        "gamma_low=5.0, gamma_high=3.0, threshold=0.2, reduction='mean', ignore_index=-100"
+    assert BrierLoss("sum", 7).extra_repr() == "reduction='sum', ignore_index=7"
+    z, y = flsd_batch()
+    logits, target = as_torch(z, y)
+    np.testing.assert_allclose(focal_loss(logits, target).item(), np_focal(z, y, 2.0), rtol=1e-12)
+    np.testing.assert_allclose(FocalLoss()(logits, target).item(), np_focal(z, y, 2.0), rtol=1e-12)
+
+
+def test_alpha_is_cast_to_the_working_dtype():
+    z, y = flsd_batch()
+    z2, y2 = z[:, :2], y % 2
+    # float64 logits: a float alpha of 0.3 (not exact in float32) is used in float64, against the numpy reference
+    logits, target = as_torch(z2, y2)
+    want = np_focal(z2, y2, 2.0, [0.7, 0.3])
+    for got in (focal_loss(logits, target, alpha=0.3), FocalLoss(alpha=0.3)(logits, target)):
+        assert got.dtype == torch.float64
+        np.testing.assert_allclose(got.item(), want, rtol=1e-14)
+    # float32 logits and a float64 alpha tensor: the loss stays float32
+    alpha = torch.tensor([0.3, 0.2, 1.1, 0.5, 0.9], dtype=torch.float64)
+    logits32 = torch.tensor(z, dtype=torch.float32)
+    for gamma in (0.0, 2.0):
+        want = np_focal(logits32.double().numpy(), y, gamma, alpha.numpy())
+        for got in (focal_loss(logits32, torch.tensor(y), gamma, alpha=alpha),
+                    FocalLoss(gamma, alpha=alpha)(logits32, torch.tensor(y))):
+            assert got.dtype == torch.float32
+            np.testing.assert_allclose(got.item(), want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_16_bit_logits_give_float32_losses(dtype):
+    z, y = flsd_batch()
+    logits, target = torch.tensor(z).to(dtype), torch.tensor(y)
+    z16 = logits.double().numpy()  # the values the losses see
+    for loss_fn, want in [(FocalLoss(), np_focal(z16, y, 2.0)),
+                          (SampleDependentFocalLoss(), np_focal(z16, y, np_flsd_gamma(z16, y))),
+                          (BrierLoss(), np_brier(z16, y)), (brier_loss, np_brier(z16, y))]:
+        got = loss_fn(logits, target)
+        assert got.dtype == torch.float32
+        assert got.item() == pytest.approx(want, rel=1e-6)
+
+
+def test_gamma_0_is_exactly_cross_entropy_even_where_the_loss_overflows():
+    # a logit gap past float32's range: log p_y = -inf, an infinite loss, and cross-entropy's finite gradient
+    logits = torch.tensor([[3e38, -3e38], [0.5, -1.0]])
+    target = torch.tensor([1, 0])
+    for reduction in ("none", "mean", "sum"):
+        ours, theirs = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+        got = FocalLoss(gamma=0.0, reduction=reduction)(ours, target)
+        want = F.cross_entropy(theirs, target, reduction=reduction)
+        got.sum().backward()
+        want.sum().backward()
+        assert_close(got.detach(), want.detach(), rtol=1e-6, atol=0)
+        assert torch.isfinite(ours.grad).all()
+        assert_close(ours.grad, theirs.grad, rtol=1e-6, atol=1e-7)
+
+
+def test_losses_give_no_warning():
+    import warnings
+
+    z, y = flsd_batch()
+    logits, target = as_torch(z, y, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for loss_fn in (FocalLoss(), FocalLoss(0.0), SampleDependentFocalLoss(), BrierLoss()):
+            loss_fn(logits, target).backward()
