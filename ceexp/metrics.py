@@ -939,14 +939,16 @@ class CalibrationError(_ProbabilityMetric):
 
     def reliability_bins(self) -> ReliabilityBins:
         """The :class:`ReliabilityBins` of all samples seen (synced across processes like ``compute``)."""
-        with self.sync_context(should_sync=self._to_sync, should_unsync=self._should_unsync):
+        with self.sync_context(dist_sync_fn=self.dist_sync_fn, should_sync=self._to_sync,
+                               should_unsync=self._should_unsync):
             return _reliability_compute(self.count, self.conf_sum, self.correct_sum)
 
     def summary(self) -> dict[str, Tensor]:
         """Everything the per-bin sums give, from one sync: ``ece`` (l1), ``rmsce`` (l2), ``mce`` (max),
         ``ece_signed`` (:func:`signed_ece`), ``acc`` (top-label accuracy) and ``confidence`` (mean top-label
         probability), float64 0-dim tensors."""
-        with self.sync_context(should_sync=self._to_sync, should_unsync=self._should_unsync):
+        with self.sync_context(dist_sync_fn=self.dist_sync_fn, should_sync=self._to_sync,
+                               should_unsync=self._should_unsync):
             n = self.count.sum().to(_ACC)
             out = {name: _calibration_error_compute(self.count, self.conf_sum, self.correct_sum, norm)
                    for name, norm in (("ece", "l1"), ("rmsce", "l2"), ("mce", "max"))}
@@ -1027,7 +1029,8 @@ class AdaptiveCalibrationError(_TopLabelSamples):
         """Every estimator of the stored samples, from one sync: ``adaece``, ``ece_debiased``
         (:func:`debiased_ece`, the same ``n_bins`` equal-mass bins) and ``smece`` (:func:`smooth_ece`),
         float64 0-dim tensors (NaN before any update)."""
-        with self.sync_context(should_sync=self._to_sync, should_unsync=self._should_unsync):
+        with self.sync_context(dist_sync_fn=self.dist_sync_fn, should_sync=self._to_sync,
+                               should_unsync=self._should_unsync):
             samples = self._samples()
             if samples is None:
                 return {name: _nan(self.device) for name in ("adaece", "ece_debiased", "smece")}
@@ -1198,7 +1201,8 @@ def _selective_inputs(probs: Tensor, target: Tensor, confidence: Tensor | None) 
 def _risk_coverage_compute(confidence: Tensor, correct: Tensor) -> RiskCoverageCurve:
     """The curve of :class:`RiskCoverageCurve` from ``N >= 1`` confidences and correctness flags (any order)."""
     n = confidence.numel()
-    ordered, order = torch.sort(confidence, descending=True, stable=True)
+    # the order within a tied group does not matter: the curve reads the error count only at each group's end
+    ordered, order = torch.sort(confidence, descending=True)
     threshold, size = torch.unique_consecutive(ordered, return_counts=True)
     count = size.cumsum(0)
     errors = (~correct[order]).to(torch.int64).cumsum(0)[count - 1]
@@ -1222,8 +1226,9 @@ def _aurc_compute(count: Tensor, errors: Tensor) -> Tensor:
     prev_errors = torch.cat([errors.new_zeros(1), errors[:-1]])
     gained, size = errors - prev_errors, count - prev_count
     offset = prev_errors - gained * prev_count / size
-    # log1p(b / n_prev) = ln(n_k / n_{k-1}); the first group (n_prev = 0) has offset 0 and no log term
-    log_ratio = torch.where(prev_count > 0, torch.log1p(size / prev_count.clamp(min=1)), 0.0)
+    # log1p(b / n_prev) = ln(n_k / n_{k-1}); the first group (n_prev = 0) has offset 0, so its (finite) log term
+    # log1p(b / 1) adds nothing
+    log_ratio = torch.log1p(size / prev_count.clamp(min=1))
     return (gained + offset * log_ratio).sum() / n
 
 

@@ -8,6 +8,7 @@ ceexp), or from another library: torchmetrics, relplot (smECE, by its authors), 
 from __future__ import annotations
 
 import math
+import re
 import warnings
 
 import calibration
@@ -27,6 +28,7 @@ from ceexp.metrics import (
     DebiasedCalibrationError,
     SmoothCalibrationError,
     adaptive_calibration_error,
+    bin_edges,
     brier_score,
     classwise_calibration_error,
     debiased_ece,
@@ -492,22 +494,27 @@ def test_wilson_interval_matches_statsmodels(data):
     assert edges is bins.edges and count is bins.count
 
 
+def registry_references(p, y, n_bins):
+    """The value of every METRIC_FUNCTIONS entry from numpy, uncertainty-calibration and relplot."""
+    return {
+        "acc": (p.argmax(axis=1) == y).mean(),
+        "adaece": np_adaece(p, y, n_bins),
+        "brier": np_brier(p, y),
+        "confidence": p.max(axis=1).mean(),
+        "cwece": np_classwise(p, y, n_bins),
+        "ece": np_ece(p, y, n_bins),
+        "ece_debiased": calibration.lower_bound_scaling_ce(p, y, p=2, debias=True, num_bins=n_bins, mode="top-label"),
+        "ece_signed": p.max(axis=1).mean() - (p.argmax(axis=1) == y).mean(),
+        "mce": np_ece(p, y, n_bins, "max"),
+        "smece": relplot.smECE(*relplot.multiclass_logits_to_confidences(p, y, probs=True)),
+    }
+
+
 def test_metric_functions_registry(data):
     probs, target, p, y = data
     assert set(METRIC_FUNCTIONS) == {"acc", "adaece", "brier", "confidence", "cwece", "ece", "ece_debiased",
                                      "ece_signed", "mce", "smece"}
-    want = {
-        "acc": (p.argmax(axis=1) == y).mean(),
-        "adaece": np_adaece(p, y, 10),
-        "brier": np_brier(p, y),
-        "confidence": p.max(axis=1).mean(),
-        "cwece": np_classwise(p, y, 10),
-        "ece": np_ece(p, y, 10),
-        "ece_debiased": calibration.lower_bound_scaling_ce(p, y, p=2, debias=True, num_bins=10, mode="top-label"),
-        "ece_signed": p.max(axis=1).mean() - (p.argmax(axis=1) == y).mean(),
-        "mce": np_ece(p, y, 10, "max"),
-        "smece": relplot.smECE(*relplot.multiclass_logits_to_confidences(p, y, probs=True)),
-    }
+    want = registry_references(p, y, 10)
     for name, fn in METRIC_FUNCTIONS.items():
         got = fn(probs, target, 10)  # n_bins positionally, for every entry
         assert got.shape == () and got.dtype == torch.float64, name
@@ -639,7 +646,15 @@ def test_summaries_equal_functionals(data):
 def test_metric_before_update_is_nan(name):
     metric, _ = _metrics()[name]
     with pytest.warns(UserWarning):  # torchmetrics: compute called before update
-        assert torch.isnan(metric.compute())
+        value = metric.compute()
+    assert torch.isnan(value) and value.dtype == torch.float64 and value.shape == ()
+
+
+@pytest.mark.parametrize("num_classes", [1, 2, 7])
+def test_classwise_before_update_is_nan_for_any_class_count(num_classes):
+    with pytest.warns(UserWarning):  # torchmetrics: compute called before update
+        value = ClasswiseCalibrationError(num_classes).compute()
+    assert torch.isnan(value) and value.dtype == torch.float64
 
 
 def test_metric_reset(data):
@@ -725,3 +740,197 @@ def test_metric_classes_validate():
             metric.update(torch.tensor([[0.7, 0.2], [0.4, 0.6]]), GOOD_T)
         with pytest.raises(ValueError, match="`target`"):
             metric.update(GOOD_P, torch.tensor([[0], [1]]))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# defaults, result and state dtypes, one sample, summaries, cross-process sync
+
+
+def test_the_default_is_fifteen_bins():
+    p, y = _calibrated_binary(400, 8)  # gaps of both signs, so the bins matter
+    probs, target = torch.from_numpy(p), torch.from_numpy(y)
+    debiased = {k: calibration.lower_bound_scaling_ce(p, y, p=2, debias=True, num_bins=k, mode="top-label")
+                for k in (15, 16)}
+    # 16 bins give other values on these data, so a different default would show
+    assert np_adaece(p, y, 15) != pytest.approx(np_adaece(p, y, 16), abs=1e-6)
+    assert np_classwise(p, y, 15) != pytest.approx(np_classwise(p, y, 16), abs=1e-6)
+    assert debiased[15] != pytest.approx(debiased[16], abs=1e-6)
+    assert adaptive_calibration_error(probs, target).item() == pytest.approx(np_adaece(p, y, 15), abs=1e-12)
+    assert classwise_calibration_error(probs, target).item() == pytest.approx(np_classwise(p, y, 15), abs=1e-12)
+    assert reliability_bins(probs, target).count.tolist() == [
+        sum(np_bin(c, 15) == b for c in p.max(axis=1)) for b in range(15)]
+    for metric, want in ((AdaptiveCalibrationError(), np_adaece(p, y, 15)),
+                         (DebiasedCalibrationError(), debiased[15]),
+                         (ClasswiseCalibrationError(2), np_classwise(p, y, 15))):
+        metric.update(probs, target)
+        assert metric.compute().item() == pytest.approx(want, abs=1e-9), type(metric).__name__
+
+
+# 12 two-class rows whose top-label confidence is k / 256 (exact in float16 and bfloat16), mostly over-confident
+K256 = np.array([131, 140, 153, 166, 177, 190, 201, 213, 229, 241, 250, 255])
+K256_PROBS = np.stack([K256 / 256, 1 - K256 / 256], axis=1)
+K256_TARGET = np.array([0, 1, 0, 1, 1, 0, 1, 1, 0, 1, 0, 1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_registry_gives_float32_for_16_and_32_bit_probs(dtype):
+    # the values are exact in every dtype, so each metric is its float64 reference rounded to float32: the sums
+    # and means are taken in float64 (a bfloat16 mean of the confidences would be off by 1e-3) and smECE's kernel
+    # sums too (float16 grid positions would be off by 3e-6)
+    want = registry_references(K256_PROBS, K256_TARGET, 3)
+    assert want["ece_debiased"] > 0.2 and want["smece"] > 0.3
+    probs, target = torch.from_numpy(K256_PROBS).to(dtype), torch.from_numpy(K256_TARGET)
+    for name, fn in METRIC_FUNCTIONS.items():
+        got = fn(probs, target, 3)
+        assert got.dtype == torch.float32 and got.shape == (), name
+        assert got.item() == pytest.approx(want[name], abs=1e-7), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_nll_of_16_bit_logits_is_float32(dtype):
+    # -log softmax((2, 0))_1 = log(1 + e^2); 2 and 0 are exact in 16 bits
+    logits, target = torch.tensor([[2.0, 0.0], [2.0, 0.0]], dtype=dtype), torch.tensor([1, 1])
+    for reduction, shape in (("mean", ()), ("sum", ()), ("none", (2,))):
+        got = negative_log_likelihood(logits, target, reduction=reduction)
+        assert got.dtype == torch.float32 and got.shape == shape, reduction
+    assert negative_log_likelihood(logits, target).item() == pytest.approx(math.log1p(math.exp(2.0)), abs=1e-6)
+
+
+def test_brier_counts_classes_that_no_target_names():
+    # C = 3, class 2 never a target: (0.5 - 1)^2 + 0.3^2 + 0.2^2 = 0.38; 0.1^2 + (0.6 - 1)^2 + 0.3^2 = 0.26
+    probs = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.6, 0.3]], dtype=torch.float64)
+    assert brier_score(probs, torch.tensor([0, 1])).item() == pytest.approx(0.32, abs=1e-12)
+    metric = BrierScore()
+    metric.update(probs, torch.tensor([0, 1]))
+    assert metric.compute().item() == pytest.approx(0.32, abs=1e-12)
+
+
+def test_one_sample():
+    # confidence 0.7 for class 0, the target is class 1: one bin (of any binning) holds it, gap 0.7.
+    # classwise: class 0 p 0.7 (not y) 0.7, class 1 p 0.2 (y) 0.8, class 2 p 0.1 (not y) 0.1: mean 1.6 / 3.
+    # debiased: a bin of one sample contributes 0. Brier: 0.7^2 + 0.8^2 + 0.1^2 = 1.14.
+    probs, target = torch.tensor([[0.7, 0.2, 0.1]], dtype=torch.float64), torch.tensor([1])
+    want = {"ece": 0.7, "mce": 0.7, "adaece": 0.7, "ece_signed": 0.7, "cwece": 1.6 / 3, "ece_debiased": 0.0,
+            "brier": 1.14, "acc": 0.0, "confidence": 0.7}
+    for name, value in want.items():
+        assert METRIC_FUNCTIONS[name](probs, target, 15).item() == pytest.approx(value, abs=1e-12), name
+    ece, ada, cw = CalibrationError(), AdaptiveCalibrationError(), ClasswiseCalibrationError(3)
+    for metric in (ece, ada, cw):
+        metric.update(probs, target)
+    assert cw.compute().item() == pytest.approx(1.6 / 3, abs=1e-12)
+    assert ece.summary()["ece_signed"].item() == pytest.approx(0.7, abs=1e-12)
+    summary = ada.summary()
+    assert summary["adaece"].item() == pytest.approx(0.7, abs=1e-12) and summary["ece_debiased"].item() == 0.0
+
+
+def test_adaptive_tie_block_at_the_lowest_confidence_stays_whole():
+    # Sorted 0.6 (right), 0.6 (wrong), 0.7 (right), 0.8 (right) in 4 bins of one: the 0.6 block starts at
+    # position 0 and goes whole to chunk 0 (conf 0.6, acc 0.5, gap 0.1, weight 1/2); chunk 1 is empty;
+    # 0.7: gap 0.3, 0.8: gap 0.2, each weight 1/4. AdaECE = 0.05 + 0.075 + 0.05 = 0.175 (split: 0.35).
+    probs = torch.tensor([[0.6, 0.4], [0.6, 0.4], [0.7, 0.3], [0.8, 0.2]], dtype=torch.float64)
+    target = torch.tensor([0, 1, 0, 0])
+    assert np_adaece_ties([0.6, 0.6, 0.7, 0.8], [1, 0, 1, 1], 4) == pytest.approx(0.175, abs=1e-12)
+    assert adaptive_calibration_error(probs, target, n_bins=4).item() == pytest.approx(0.175, abs=1e-12)
+
+
+def test_smooth_ece_below_a_thousandth():
+    # 2048 classes, nearly uniform: top-label confidences about 5e-4, below the first grid step (1e-3)
+    rng = np.random.default_rng(7)
+    logits = rng.normal(size=(60, 2048)) * 0.1
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    y = np.where(rng.uniform(size=60) < 0.5, p.argmax(axis=1), rng.integers(0, 2048, size=60))
+    f, correct = relplot.multiclass_logits_to_confidences(p, y, probs=True)
+    assert f.max() < 1e-3 and 0 < correct.sum() < 60
+    got = smooth_ece(torch.from_numpy(p), torch.from_numpy(y))
+    assert got.item() == pytest.approx(relplot.smECE(f, correct), abs=1e-12)
+
+
+def test_metric_states_keep_their_documented_dtypes(data):
+    # float32 input: the per-bin counts stay int64 and every sum float64, as documented (and as a DDP
+    # all-reduce of the states sums them); the stored top-label samples are float64
+    probs, target, _, _ = data
+    probs = probs.float()
+    ece, cw, brier = CalibrationError(), ClasswiseCalibrationError(5), BrierScore()
+    samples = (AdaptiveCalibrationError(), DebiasedCalibrationError(), SmoothCalibrationError())
+    for metric in (ece, cw, brier, *samples):
+        metric.update(probs[:200], target[:200])
+        metric.update(probs[200:], target[200:])
+        assert metric.compute().dtype == torch.float64, type(metric).__name__
+    assert ece.count.dtype == torch.int64 and ece.conf_sum.dtype == ece.correct_sum.dtype == torch.float64
+    assert cw.count.dtype == torch.int64 and cw.prob_sum.dtype == cw.hit_sum.dtype == torch.float64
+    assert brier.count.dtype == torch.int64 and brier.sum_squares.dtype == torch.float64
+    for metric in samples:
+        assert [t.dtype for t in metric.confidence + metric.correct] == [torch.float64] * 4
+
+
+def test_summaries_name_every_estimator(data):
+    probs, target, p, y = data
+    metric = CalibrationError(n_bins=15)
+    metric.update(probs[:300], target[:300])
+    metric.update(probs[300:], target[300:])
+    conf, acc = p.max(axis=1).mean(), (p.argmax(axis=1) == y).mean()
+    want = {"ece": np_ece(p, y, 15), "rmsce": np_ece(p, y, 15, "l2"), "mce": np_ece(p, y, 15, "max"),
+            "ece_signed": conf - acc, "acc": acc, "confidence": conf}
+    summary = metric.summary()
+    assert set(summary) == set(want)
+    for name, value in want.items():
+        assert summary[name].dtype == torch.float64 and summary[name].shape == (), name
+        assert summary[name].item() == pytest.approx(value, abs=1e-12), name
+    empty = AdaptiveCalibrationError().summary()
+    assert set(empty) == {"adaece", "ece_debiased", "smece"}
+    assert all(torch.isnan(v) and v.dtype == torch.float64 for v in empty.values())
+
+
+class TwoProcesses:
+    """A fake all_gather between this process and a second one, ``other`` (a metric of the same kind, updated
+    apart): each call returns ``[this process's tensor, the other's state]``, taking the other's states in the
+    order they were added. A list state is gathered once, concatenated (what every process sends), so a process
+    that gathered it batch by batch would take the wrong state or run out."""
+
+    def __init__(self):
+        self.other, self.queue = None, []
+
+    def load(self):
+        self.queue = [torch.cat(v) if isinstance(v, list) else v for v in self.other.metric_state.values()]
+
+    def __call__(self, tensor, group=None):
+        return [tensor, self.queue.pop(0)]
+
+
+@pytest.mark.parametrize("sync_on_compute", [True, False])
+def test_summaries_and_reliability_bins_sync_like_compute(data, sync_on_compute):
+    probs, target, _, _ = data
+    here, there = [(0, 50), (50, 120), (120, 180)], [(180, 400), (400, 500)]  # 3 batches here, 2 there
+    seen = (probs, target) if sync_on_compute else (probs[:180], target[:180])
+    kwargs = {"distributed_available_fn": lambda: True, "sync_on_compute": sync_on_compute, "compute_with_cache": False}
+    ece_gather, ada_gather = TwoProcesses(), TwoProcesses()
+    ece = CalibrationError(n_bins=15, dist_sync_fn=ece_gather, **kwargs)
+    ada = AdaptiveCalibrationError(n_bins=15, dist_sync_fn=ada_gather, **kwargs)
+    ece_gather.other, ada_gather.other = CalibrationError(n_bins=15), AdaptiveCalibrationError(n_bins=15)
+    for metric, batches in ((ece, here), (ada, here), (ece_gather.other, there), (ada_gather.other, there)):
+        for start, stop in batches:
+            metric.update(probs[start:stop], target[start:stop])
+    for _ in range(2):  # twice: each call restores the local state after its sync
+        for gather, call, check in (
+            (ece_gather, ece.summary,
+             lambda out: out["rmsce"].item() == pytest.approx(expected_calibration_error(*seen, 15, "l2").item())),
+            (ece_gather, ece.reliability_bins,
+             lambda out: torch.equal(out.count, reliability_bins(*seen, 15).count)),
+            (ada_gather, ada.summary,
+             lambda out: out["ece_debiased"].item() == pytest.approx(debiased_ece(*seen, 15).item(), abs=1e-12)),
+            (ada_gather, ada.compute,
+             lambda out: out.item() == pytest.approx(adaptive_calibration_error(*seen, 15).item(), abs=1e-12)),
+        ):
+            gather.load()
+            assert check(call()), call.__name__
+            assert (gather.queue == []) == sync_on_compute, call.__name__  # every state gathered exactly once
+    assert int(ece.count.sum()) == 180 and sum(len(t) for t in ada.confidence) == 180
+
+
+def test_bin_edges():
+    assert bin_edges(5).tolist() == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert bin_edges(5)[3].item() == 0.6 and bin_edges(5, dtype=torch.float32)[3].item() == np.float32(0.6)
+    with pytest.raises(ValueError, match="^" + re.escape("Expected argument `n_bins` to be a positive integer, "
+                                                         "but got 0") + "$"):
+        bin_edges(0)

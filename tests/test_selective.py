@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 
 import numpy as np
 import pytest
@@ -300,3 +301,20 @@ def test_bad_input_raises(fn):
         fn(probs, target, torch.tensor([1, 0]))
     with pytest.raises(ValueError, match="`confidence` to be finite"):
         fn(probs, target, torch.tensor([0.5, float("nan")]))
+
+
+def test_bad_confidence_messages():
+    probs, target = as_probs([0.9, 0.8, 0.7], [0, 1, 0])  # N = 3 samples, C = 2 classes
+    shape = "Expected `confidence` to have shape (N,) with N=3, but got "
+    cases = [
+        (torch.tensor([0.5, 0.4]), shape + "(2,)"),
+        (torch.zeros(3, 1), shape + "(3, 1)"),
+        ([0.5, 0.4, 0.3], shape + "list"),
+        (np.array([0.5, 0.4, 0.3]), shape + "ndarray"),
+        (torch.tensor([1, 0, 1]), "Expected `confidence` to be a floating tensor, but got dtype torch.int64"),
+        (torch.tensor([0.5, float("inf"), 0.1]), "Expected `confidence` to be finite, but it contains NaN or inf"),
+    ]
+    for fn in (aurc, eaurc, augrc, risk_coverage_curve):
+        for confidence, message in cases:
+            with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+                fn(probs, target, confidence)
