@@ -665,7 +665,7 @@ class MatrixScaler(Calibrator):
     Args:
         reg_lambda: lambda >= 0, or ``None`` to cross-validate it over ``grid``.
         reg_mu: mu >= 0, or ``None`` for mu = lambda.
-        grid: the lambdas to cross-validate, positive (default :data:`ODIR_GRID`).
+        grid: the lambdas to cross-validate, positive (default :data:`ODIR_GRID`); a repeated value is tried once.
         n_folds: the folds of the cross-validation, >= 2 (fewer when N is smaller).
         max_iter: the most L-BFGS iterations of the final fit (default 500).
         cv_max_iter: the most L-BFGS iterations of each cross-validation fit (default 100).
@@ -710,7 +710,7 @@ class MatrixScaler(Calibrator):
         check_positive_int("max_iter", max_iter)
         check_positive_int("cv_max_iter", cv_max_iter)
         self.reg_lambda, self.reg_mu = reg_lambda, reg_mu
-        self.grid = tuple(float(v) for v in grid)
+        self.grid = tuple(dict.fromkeys(float(v) for v in grid))  # a repeated value is tried once, where it first is
         self.n_folds, self.max_iter, self.cv_max_iter, self.seed = n_folds, max_iter, cv_max_iter, seed
         self.weight: Tensor | None = None
         self.bias: Tensor | None = None

@@ -6,6 +6,7 @@ brute-force grid over log T on a float64 numpy NLL written here.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 
 import numpy as np
@@ -301,3 +302,88 @@ def test_log_probs_are_computed_in_float64_and_fit_records_the_width():
     expected = torch.log_softmax(z.double() / scaler.temperature, dim=1).float()
     assert torch.equal(scaler.log_probs(z), expected)
     assert not torch.equal(torch.log_softmax(z / scaler.temperature, dim=1), expected)  # float32 would differ
+
+
+# ---------------------------------------------------------------------------------------------------------
+# exact warning texts, a diverging optimiser, max_iter, optima far from T = 1 (issue #14)
+
+PROBABILITY_WARNING = ("TemperatureScaler.fit expects logits, but every row of `logits` is a probability vector "
+                       "(values in [0, 1] summing to 1); pass the model's pre-softmax outputs")
+
+
+def clamp_warning(fitted: str, reason: str, bound: str, t_min: str = "0.01", t_max: str = "100") -> str:
+    return ("Temperature scaling: the NLL-optimal T is not a finite value in "
+            f"[t_min={t_min}, t_max={t_max}] (fitted T = {fitted}; {reason}); T is clamped to {bound}. "
+            "Accuracy is unchanged by any positive T.")
+
+
+def fit_and_record(logits, target, **kwargs):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        scaler = TemperatureScaler(**kwargs).fit(torch.tensor(logits, dtype=torch.float64), torch.tensor(target))
+    return scaler.temperature, [str(w.message) for w in caught]
+
+
+@pytest.mark.parametrize("logits, target, kwargs, temperature, said", [
+    # probabilities with a misclassified row: the probability warning alone, T fitted as usual
+    ([[0.7, 0.3], [0.4, 0.6], [0.2, 0.8], [0.9, 0.1]], [0, 0, 1, 0], {}, None, [PROBABILITY_WARNING]),
+    # every row right: T -> 0, clamped to t_min
+    ([[2.0, 0.0], [0.0, 1.0]], [0, 1], {}, 0.01, [clamp_warning(
+        "0", "the NLL keeps falling as T shrinks: every validation sample is classified correctly (perfectly "
+        "separated)", "`t_min` = 0.01")]),
+    # T* = 3 / ln 3 = 2.73072 above t_max = 2
+    ([[3.0, 0.0]] * 4, [0, 0, 0, 1], {"t_max": 2.0}, 2.0, [clamp_warning(
+        "2.73072", "the optimum lies outside the allowed range", "`t_max` = 2", t_max="2")]),
+])
+def test_warning_texts_are_exact(logits, target, kwargs, temperature, said):
+    fitted, messages = fit_and_record(logits, target, **kwargs)
+    assert messages == said
+    if temperature is not None:
+        assert fitted == temperature
+
+
+@pytest.mark.parametrize("log_t", [math.nan, math.inf, -math.inf])
+def test_a_diverged_fit_warns_and_takes_t_max(monkeypatch, log_t):
+    # an optimiser that ends at a non-finite log T (forced here: L-BFGS on the 1-D convex NLL does not) gives
+    # T = t_max, the harmless choice, and a warning that names the divergence
+    def diverge(self, closure):
+        for group in self.param_groups:
+            for param in group["params"]:
+                param.fill_(log_t)
+
+    monkeypatch.setattr(torch.optim.LBFGS, "step", torch.no_grad()(diverge))
+    fitted, said = fit_and_record([[3.0, 0.0]] * 4, [0, 0, 0, 1])
+    assert fitted == 100.0
+    assert said == [clamp_warning("nan", "it diverged", "`t_max` = 100")]
+
+
+@pytest.mark.parametrize("scale", [0.02, 50.0])
+def test_optima_far_from_one_match_scipy_and_max_iter_bounds_the_fit(scale):
+    # under-confident logits (x0.02: T* ~ 0.1) and over-confident ones (x50: T* ~ 200) start far from T = 1
+    logits, y = overconfident(seed=0, n=200)
+    logits = logits * scale
+    best = minimize_scalar(lambda log_t: np_nll(logits, y, math.exp(log_t)), bounds=(-12, 12), method="bounded",
+                           options={"xatol": 1e-12})
+    z, target = torch.from_numpy(logits), torch.from_numpy(y)
+    scaler = TemperatureScaler(t_min=1e-4, t_max=1e4).fit(z, target)
+    assert scaler.temperature == pytest.approx(math.exp(best.x), rel=1e-6)
+    assert abs(scaler.temperature - 1.0) > 0.5
+    # one L-BFGS iteration does not get there
+    one = TemperatureScaler(t_min=1e-4, t_max=1e4).fit(z, target, max_iter=1).temperature
+    assert abs(one / math.exp(best.x) - 1) > 0.01
+
+
+@pytest.mark.skipif("MUTANT_UNDER_TEST" in os.environ, reason="mutmut's trampolines add stack frames")
+def test_probability_warning_points_at_the_caller():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        TemperatureScaler().fit(torch.tensor([[0.7, 0.3], [0.4, 0.6], [0.2, 0.8]]), torch.tensor([0, 0, 1]))
+    assert [(w.category, w.filename) for w in caught] == [(UserWarning, __file__)]
+
+
+@pytest.mark.parametrize("value", ["1", True, None])
+def test_range_arguments_must_be_numbers(value):
+    for name in ("t_min", "t_max"):
+        with pytest.raises(ValueError) as info:
+            TemperatureScaler(**{name: value})
+        assert str(info.value) == f"Expected argument `{name}` to be a finite number > 0, but got {value!r}"

@@ -509,3 +509,214 @@ def test_digits_logistic_regression_ece_falls_on_held_out_data():
         assert out[f"ece_{name}"] < out["ece_none"], name
         assert out[f"nll_{name}"] < out["nll_none"], name
     assert out["acc_temperature"] == out["acc_none"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# exact messages, attributes, edge cases (issue #14)
+
+KNOWN = "['temperature', 'vector', 'matrix', 'dirichlet', 'histogram', 'isotonic']"
+
+
+def test_attributes_defaults_and_reprs():
+    # before fit: documented None / empty attributes and default arguments
+    vector, matrix, binner, isotonic = VectorScaler(), MatrixScaler(), HistogramBinner(), IsotonicCalibrator()
+    assert vector.weight is None and vector.bias is None and vector.max_iter == 500
+    assert (matrix.weight, matrix.bias, matrix.fitted_lambda, matrix.fitted_mu, matrix.cv_nll) == (
+        None, None, None, None, {})
+    assert (matrix.max_iter, matrix.cv_max_iter, matrix.n_folds, matrix.grid) == (500, 100, 5, cal.ODIR_GRID)
+    assert binner.bin_values is None and binner.bin_counts is None and binner.n_bins == 15
+    assert isotonic.regressors == []
+    assert repr(matrix) == "MatrixScaler(reg_lambda=None, reg_mu=None, n_folds=5)"
+    assert repr(DirichletCalibrator(reg_mu=0.5, n_folds=3)) == "DirichletCalibrator(reg_lambda=None, reg_mu=0.5, n_folds=3)"
+    assert repr(isotonic) == "IsotonicCalibrator()"
+    # after fit: float64 parameters, the fitted strengths in the repr
+    z, y, _ = synthetic(27, 60, 3, sharpen=2.0)
+    vector.fit(t(z).float(), t(y))
+    assert vector.weight.dtype == vector.bias.dtype == torch.float64
+    fitted = MatrixScaler(reg_lambda=0.25).fit(t(z).float(), t(y))
+    assert fitted.weight.dtype == fitted.bias.dtype == torch.float64
+    assert fitted.weight.shape == (3, 3) and fitted.bias.shape == (3,)
+    assert repr(fitted) == "MatrixScaler(reg_lambda=0.25, reg_mu=None, n_folds=5, fitted_lambda=0.25, fitted_mu=0.25)"
+    assert repr(isotonic.fit(t(z), t(y))) == "IsotonicCalibrator()" and len(isotonic.regressors) == 3
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: MatrixScaler(reg_lambda="0.1"), ("Expected argument `reg_lambda` to be None or a finite number >= 0, "
+                                            "but got '0.1'")),
+    (lambda: DirichletCalibrator(reg_mu=True), ("Expected argument `reg_mu` to be None or a finite number >= 0, "
+                                               "but got True")),
+    (lambda: MatrixScaler(grid=(0.1, -1.0)), "Expected argument `grid` to be a finite number > 0, but got -1.0"),
+    (lambda: MatrixScaler(n_folds=2.5), "Expected argument `n_folds` to be an integer >= 2, but got 2.5"),
+    (lambda: MatrixScaler(max_iter=0), "Expected argument `max_iter` to be a positive integer, but got 0"),
+    (lambda: MatrixScaler(cv_max_iter=0), "Expected argument `cv_max_iter` to be a positive integer, but got 0"),
+])
+def test_constructor_messages_are_exact(make, message):
+    with pytest.raises(ValueError) as info:
+        make()
+    assert str(info.value) == message
+
+
+def test_calibrator_input_messages_are_exact():
+    z, y, _ = synthetic(28, 60, 3)
+    binner = HistogramBinner(n_bins=2)
+    with pytest.raises(RuntimeError) as info:
+        binner.log_probs(t(z))
+    assert str(info.value) == "HistogramBinner: call `fit` on validation logits before calibrating"
+    with pytest.raises(ValueError) as info:
+        binner.fit(t(z).long(), t(y))
+    assert str(info.value) == "Expected `logits` to be a floating tensor, but got dtype torch.int64"
+    binner.fit(t(z), t(y))
+    for bad, message in (
+        (torch.zeros(2, 4), ("Expected `logits` with C=3 columns (or 1 when C=2), as HistogramBinner was fitted on, "
+                            "but got shape (2, 4)")),
+        (torch.tensor([[0.0, math.inf, 1.0]]), "Expected `logits` to be finite, but it contains NaN or inf"),
+    ):
+        with pytest.raises(ValueError) as info:
+            binner.log_probs(bad)
+        assert str(info.value) == message
+
+
+BASE = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0], [0.3, 0.0], [0.0, 0.5]], dtype=torch.float64)
+BASE_Y = torch.tensor([0, 1, 0, 1, 1, 0])
+
+
+@pytest.mark.parametrize("make, scale", [
+    (lambda: VectorScaler(), 1e100),
+    (lambda: VectorScaler(max_iter=1), 1.7e308),  # the NLL ends infinite while the parameters are still finite
+    (lambda: MatrixScaler(reg_lambda=0.0), 1e100),  # the final fit
+    (lambda: MatrixScaler(grid=(0.1,), n_folds=2), 1.7e308),  # a cross-validation fit
+])
+def test_a_diverging_fit_is_refused_and_skipped(make, scale, caplog):
+    # logits of 1e100 and more overflow the scores: the fit is refused, and fit_calibrators skips it
+    calibrator = make()
+    with pytest.raises(UnfittableSplitError) as info:
+        calibrator.fit(BASE * scale, BASE_Y)
+    assert str(info.value) == f"{calibrator.title}: the fit diverged (non-finite parameters or NLL)"
+    name = "vector" if isinstance(calibrator, VectorScaler) else "matrix"
+    options = {name: {k: getattr(calibrator, k) for k in ("max_iter",)}}
+    if name == "matrix":
+        options[name].update(reg_lambda=calibrator.reg_lambda, grid=calibrator.grid, n_folds=calibrator.n_folds)
+    with caplog.at_level("WARNING", logger="ceexp.calibration"):
+        fitted, skipped = fit_calibrators([name], BASE * scale, BASE_Y, 2, options=options)
+    assert fitted == {} and skipped == {name: "the fit diverged (non-finite parameters or NLL)"}
+    assert caplog.messages == [f"calibration={name} skipped: the fit diverged (non-finite parameters or NLL)"]
+
+
+@pytest.mark.parametrize("methods, logits, labels, n_classes, message", [
+    ("temperature", BASE, BASE_Y, 2, (f"Expected argument `methods` to be a list of names in {KNOWN}, "
+                                     "but got 'temperature'")),
+    ({"vector"}, BASE, BASE_Y, 2, (f"Expected argument `methods` to be a list of names in {KNOWN}, "
+                                  "but got {'vector'}")),
+    (["vector", "platt"], BASE, BASE_Y, 2, f"Expected argument `methods` to be one of {KNOWN}, but got 'platt'"),
+    (["vector"], BASE, BASE_Y, 2.0, "Expected argument `n_classes` to be an integer >= 2, but got 2.0"),
+    (["vector"], BASE, BASE_Y, True, "Expected argument `n_classes` to be an integer >= 2, but got True"),
+    (["vector"], BASE[:, 0], BASE_Y, 2, "Expected `val_logits` to have shape (N, C), but got (6,)"),
+    (["vector"], BASE.tolist(), BASE_Y, 2, "Expected `val_logits` to have shape (N, C), but got list"),
+    (["vector"], BASE[:, :1], BASE_Y, 3, ("Expected `val_logits` with n_classes=3 columns (or 1 when n_classes=2), "
+                                         "but got shape (6, 1)")),
+    (["vector"], torch.zeros(6, 3), BASE_Y, 2, ("Expected `val_logits` with n_classes=2 columns (or 1 when "
+                                               "n_classes=2), but got shape (6, 3)")),
+    (["vector"], BASE.long(), BASE_Y, 2, "Expected `val_logits` to be a floating tensor, but got dtype torch.int64"),
+    (["vector"], BASE, torch.empty(0, dtype=torch.int64), 2,
+     "Expected `target` to have N=6 entries to match `val_logits` of shape (6, 2), but got 0"),
+    (["vector"], torch.empty(0, 2), BASE_Y[:1], 2,
+     "Expected `target` to have N=0 entries to match `val_logits` of shape (0, 2), but got 1"),
+])
+def test_fit_calibrators_messages_are_exact(methods, logits, labels, n_classes, message):
+    with pytest.raises(ValueError) as info:
+        fit_calibrators(methods, logits, labels, n_classes)
+    assert str(info.value) == message
+
+
+def test_fit_calibrators_two_classes_one_or_two_columns(caplog):
+    # n_classes = 2 with (N, 2) logits and with one-logit (N, 1) ones
+    two = torch.cat([BASE, BASE.flip(0)])
+    labels = torch.cat([BASE_Y, BASE_Y])
+    fitted, skipped = fit_calibrators(["vector", "histogram"], two, labels, 2)
+    assert list(fitted) == ["vector"]
+    assert skipped == {"histogram": "12 validation samples, fewer than the 30 that histogram binning needs "
+                                    "(its parameters: one per class and bin, C = 2)"}
+    fitted, skipped = fit_calibrators(["temperature"], two[:, 1:] - two[:, :1], labels, 2)
+    assert list(fitted) == ["temperature"] and skipped == {}
+    assert fitted["temperature"].log_probs(two[:2, 1:] - two[:2, :1]).shape == (2, 2)
+    with caplog.at_level("WARNING", logger="ceexp.calibration"):
+        fit_calibrators(["isotonic"], torch.empty(0, 1), torch.empty(0, dtype=torch.int64), 2)
+    assert caplog.messages[-1] == "calibration=isotonic skipped: the validation split is empty"
+
+
+def test_histogram_bins_by_hand():
+    # rows (0, 0): p = (1/2, 1/2), exactly on the edge 1/2, so in the first bin (0, 1/2] of both classes; rows
+    # (1, 0): p = (0.73, 0.27). Class 1's bin (1/2, 1] stays empty (midpoint 3/4).
+    z = torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 0.0], [1.0, 0.0]], dtype=torch.float64)
+    binner = HistogramBinner(n_bins=2).fit(z, torch.tensor([0, 0, 0, 1]))
+    assert binner.bin_counts.tolist() == [[2, 2], [4, 0]]
+    assert binner.bin_values.tolist() == [[1.0, 0.5], [0.25, 0.75]]
+    assert binner.bin_values.dtype == torch.float64
+    # (0, 0): g = (1, 1/4) -> (4/5, 1/5); (1, 0): g = (1/2, 1/4) -> (2/3, 1/3)
+    np.testing.assert_allclose(binner.log_probs(z[1:3]).double().exp().numpy(), [[0.8, 0.2], [2 / 3, 1 / 3]],
+                               rtol=1e-6)
+
+
+def test_cross_validation_walks_the_grid_warm_started():
+    # each fold fits the grid in order, each fit starting where the previous one stopped: with 2 L-BFGS iterations
+    # per fit the second of two nearly equal lambdas gets further than the same lambda fitted alone from W = I
+    z, y, _ = synthetic(13, 150, 3, sharpen=3.0)
+    walk = MatrixScaler(grid=(0.01, 0.01001), cv_max_iter=2).fit(t(z), t(y)).cv_nll
+    alone = MatrixScaler(grid=(0.01001,), cv_max_iter=2).fit(t(z), t(y)).cv_nll
+    first = MatrixScaler(grid=(0.01,), cv_max_iter=2).fit(t(z), t(y)).cv_nll
+    assert walk[0.01] == first[0.01]
+    assert walk[0.01001] < alone[0.01001] - 0.05
+
+
+def test_two_fold_cross_validation_matches_scipy():
+    z, y, _ = synthetic(29, 80, 3, sharpen=3.0)
+    grid = (1e-2, 1.0)
+    expected = dict.fromkeys(grid, 0.0)
+    for train, held in KFold(n_splits=2, shuffle=True, random_state=0).split(z):
+        for lam in grid:
+            w, b, _ = np_fit(z[train], y[train], "full", lam, lam)
+            expected[lam] -= log_softmax(z[held] @ w.T + b, axis=1)[np.arange(len(held)), y[held]].sum() / len(y)
+    ours = MatrixScaler(grid=grid, n_folds=2, cv_max_iter=2000).fit(t(z), t(y))
+    np.testing.assert_allclose(list(ours.cv_nll.values()), list(expected.values()), rtol=1e-5)
+    # a value repeated in the grid is tried once: its held-out NLL is not counted twice
+    repeated = MatrixScaler(grid=(1e-2, 1.0, 1e-2), n_folds=2, cv_max_iter=2000).fit(t(z), t(y))
+    assert repeated.grid == grid and repeated.fitted_lambda == ours.fitted_lambda
+    np.testing.assert_allclose(list(repeated.cv_nll.values()), list(expected.values()), rtol=1e-5)
+
+
+def test_very_confident_logits_match_scipy():
+    # logits x40 (over-confident): the line search keeps L-BFGS on track
+    z, y, _ = synthetic(8, 300, 3, sharpen=40.0, shift=[1.0, 0.0, -0.5])
+    ours = MatrixScaler(reg_lambda=0.0, reg_mu=0.0).fit(t(z), t(y))
+    w, b, _ = np_fit(z, y, "full")
+    np.testing.assert_allclose(probs_of(ours, z), softmax(z @ w.T + b, axis=1), atol=1e-4)
+
+
+def test_floor_probabilities_by_hand():
+    rows = torch.tensor([[3.0, 1.0, 0.0], [0.0, 0.0, 0.0], [2.0, 2.0, 0.0]], dtype=torch.float64)
+    # (3, 1, 0) / 4 floored at 0.1: (0.75, 0.25, 0.1) / 1.1; a row of zeros: uniform
+    torch.testing.assert_close(cal.floor_probabilities(rows, floor=0.1), torch.tensor(
+        [[0.75 / 1.1, 0.25 / 1.1, 0.1 / 1.1], [1 / 3, 1 / 3, 1 / 3], [0.5 / 1.1, 0.5 / 1.1, 0.1 / 1.1]],
+        dtype=torch.float64), rtol=1e-12, atol=0)
+    torch.testing.assert_close(cal.floor_probabilities(rows, floor=0.0), torch.tensor(
+        [[0.75, 0.25, 0.0], [1 / 3, 1 / 3, 1 / 3], [0.5, 0.5, 0.0]], dtype=torch.float64), rtol=1e-12, atol=0)
+
+
+def np_top_label_ece(p: np.ndarray, y: np.ndarray, n_bins: int) -> float:
+    conf, correct = p.max(1), p.argmax(1) == y
+    ece = 0.0
+    for lo, hi in zip(np.arange(n_bins) / n_bins, np.arange(1, n_bins + 1) / n_bins):
+        in_bin = (conf > lo) & (conf <= hi)
+        if in_bin.any():
+            ece += abs(conf[in_bin].mean() - correct[in_bin].mean()) * in_bin.mean()
+    return ece
+
+
+def test_calibrated_metrics_use_n_bins_default_15():
+    z, y, _ = synthetic(30, 200, 3, sharpen=2.0)
+    lp = torch.log_softmax(t(z), dim=1)
+    p = softmax(z, axis=1)
+    eces = {n: np_top_label_ece(p, y, n) for n in (5, 15, 16)}
+    assert len(set(eces.values())) == 3
+    assert calibrated_metrics({"m": lp}, t(y), metrics=("ece",))["ece_m"] == pytest.approx(eces[15], rel=1e-9)
+    assert calibrated_metrics({"m": lp}, t(y), n_bins=5, metrics=("ece",))["ece_m"] == pytest.approx(eces[5], rel=1e-9)
