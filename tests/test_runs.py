@@ -1,7 +1,9 @@
 """ceexp.runs without training: resume= handling, statuses, the readers' error paths, sweep records and names.
 
 The failure policy itself (run_job, one line, exit codes) is tested in tests/test_faults.py's ``test_policy_*``;
-here its building blocks (failure_of, first_failure, one_line, remove_fresh_run) and every branch they take.
+here its building blocks (failure_of, first_failure, one_line, remove_fresh_run) and every branch they take, and
+run_job, run_hydra and the SweepRecord callback in-process (Hydra's own composed config and JobReturn), since mutation
+testing (tests/mutation.py) does not see the command-line and sweep tests' subprocesses.
 Expected values are written out by hand.
 """
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -411,3 +414,538 @@ def test_run_job_returns_what_the_task_returns(tmp_path):
     run = _run_folder(tmp_path / "run")
     assert runs.run_job(lambda: {"val/nll": 0.5}, run, multirun=False) == {"val/nll": 0.5}
     assert not (run / "metrics.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# SweepRecord, in-process, with Hydra's own composed config and JobReturn (the sweep tests run it in a subprocess)
+
+
+_SWEEP_CFGS: dict = {}
+
+
+def _sweep_cfg(tmp_path: Path, num: int, overrides: tuple[str, ...] = ("loss=focal", "seed=1"), mode="MULTIRUN"):
+    """configs/train.yaml composed as Hydra composes a sweep job: ``hydra.mode``, ``hydra.job.num``, the sweep
+    folder ``<tmp_path>/sweep`` and the job folder ``<sweep>/<num>_job`` (composed once per overrides)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf, open_dict
+
+    from ceexp.validation import CONFIG_DIR
+
+    key = (overrides, mode)
+    if key not in _SWEEP_CFGS:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+            _SWEEP_CFGS[key] = compose(config_name="train", overrides=[*overrides, f"hydra.mode={mode}"],
+                                       return_hydra_config=True)
+        GlobalHydra.instance().clear()
+    cfg = OmegaConf.create(OmegaConf.to_container(_SWEEP_CFGS[key]))  # a copy (hydra.mode stays an enum's name)
+    with open_dict(cfg):
+        cfg.hydra.mode = _SWEEP_CFGS[key].hydra.mode
+        cfg.hydra.sweep.dir = str(tmp_path / "sweep")
+        cfg.hydra.job.num = num
+        cfg.hydra.runtime.output_dir = str(tmp_path / "sweep" / f"{num}_job")
+        cfg.paths.root_dir = str(tmp_path / "root" / "outputs")
+    return cfg
+
+
+def _job_return(status: str, value):
+    from hydra.core.utils import JobReturn, JobStatus
+
+    job_return = JobReturn(status=JobStatus[status])
+    job_return.return_value = value
+    return job_return
+
+
+def _record(tmp_path: Path, num: int) -> dict:
+    return json.loads((tmp_path / "sweep" / runs.JOBS_DIR / f"{num}.json").read_text())
+
+
+def test_sweep_record_writes_each_jobs_record_as_it_starts_and_ends(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    record = runs.SweepRecord()
+    cfg = _sweep_cfg(tmp_path, 3)
+    record.on_job_start(cfg)  # the sweep folder does not exist yet: .jobs/ is made with it
+    start = {"num": 3, "dir": "3_job", "overrides": ["loss=focal", "seed=1"]}
+    assert _record(tmp_path, 3) == start
+    (tmp_path / "sweep" / runs.JOBS_DIR / "3.json").write_text(json.dumps({**start, "problem": "old", "x": 1}))
+    record.on_job_start(cfg)  # a job starting again starts a new record
+    assert _record(tmp_path, 3) == start
+    job = tmp_path / "sweep" / "3_job"
+    job.mkdir()
+    runs.write_status(job, "completed")
+    ends = record.on_job_end(cfg, _job_return("COMPLETED", 0.25))
+    assert ends is None and _record(tmp_path, 3) == {**start, "problem": "", "status": "completed"}
+    # a record is updated: what it held before stays
+    (tmp_path / "sweep" / runs.JOBS_DIR / "3.json").write_text(json.dumps({**start, "note": "kept"}))
+    record.on_job_end(cfg, _job_return("COMPLETED", 0.25))
+    assert _record(tmp_path, 3) == {**start, "note": "kept", "problem": "", "status": "completed"}
+    (tmp_path / "sweep" / runs.JOBS_DIR / "3.json").write_text("{broken")  # an unreadable record is rewritten
+    record.on_job_end(cfg, _job_return("COMPLETED", 0.25))
+    assert _record(tmp_path, 3) == {**start, "problem": "", "status": "completed"}
+    # the sweep folder given relative to the working folder: the job's folder is still named relative to it
+    relative = _sweep_cfg(tmp_path, 4)
+    relative.hydra.sweep.dir = "sweep"
+    record.on_job_start(relative)
+    assert _record(tmp_path, 4) == {"num": 4, "dir": "4_job", "overrides": ["loss=focal", "seed=1"]}
+
+
+@pytest.mark.parametrize("status, metrics, value, metric, problem, handed", [
+    ("COMPLETED", "completed", 0.25, "val/nll", "", 0.25),
+    ("COMPLETED", "completed", 3, "val/nll", "", 3),
+    ("COMPLETED", "completed", "a text", "val/nll", "", "a text"),  # not a number: the sweeper's business
+    ("COMPLETED", "completed", True, "val/nll", "", True),
+    ("COMPLETED", "completed", float("nan"), "val/nll",
+     "completed, but val/nll is nan: not a finite number to optimise", None),
+    ("COMPLETED", "completed", float("-inf"), "val/ece",
+     "completed, but val/ece is -inf: not a finite number to optimise", None),
+    ("COMPLETED", "completed", None, None,
+     "completed, but the returned value is None: not a finite number to optimise", None),
+    ("COMPLETED", "failed", None, "val/nll", "", None),  # metrics.json says what went wrong
+    ("COMPLETED", None, 0.5, "val/nll", "", None),  # no metrics.json: not completed, the sweeper gets None
+    ("FAILED", "running", ValueError("bad gamma"), "val/nll", "ValueError: bad gamma", "raises"),
+    ("FAILED", None, "the launcher said no", "val/nll", "the launcher said no", "raises"),
+])
+def test_sweep_record_job_end_records_what_went_wrong_and_hands_the_sweeper_none(
+        tmp_path, monkeypatch, capsys, status, metrics, value, metric, problem, handed):
+    monkeypatch.chdir(tmp_path)
+    cfg = _sweep_cfg(tmp_path, 0)
+    cfg.optimized_metric = metric
+    job = tmp_path / "sweep" / "0_job"
+    job.mkdir(parents=True)
+    if metrics:
+        runs.write_status(job, metrics)
+    job_return = _job_return(status, value)
+    runs.SweepRecord().on_job_end(cfg, job_return)
+    assert _record(tmp_path, 0) == {"num": 0, "dir": "0_job", "overrides": ["loss=focal", "seed=1"],
+                                    "problem": problem, "status": metrics or "unknown"}
+    if handed == "raises":  # Hydra raises the job's error when the sweeper asks for its value
+        assert job_return._return_value is value
+    elif isinstance(handed, float):
+        assert job_return.return_value == handed
+    else:
+        assert job_return.return_value is handed
+    capsys.readouterr()
+
+
+def test_sweep_record_leaves_single_runs_and_configs_without_hydra_alone(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    monkeypatch.chdir(tmp_path)
+    record = runs.SweepRecord()
+    for cfg in (_sweep_cfg(tmp_path, 0, mode="RUN"), OmegaConf.create({"seed": 0})):
+        job_return = _job_return("COMPLETED", float("nan"))
+        record.on_job_start(cfg)
+        record.on_job_end(cfg, job_return)
+        assert np.isnan(job_return.return_value)  # the value is the sweeper's to judge
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no record anywhere
+
+
+def _compose(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from ceexp.validation import CONFIG_DIR
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+            return compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _find_spec_without(monkeypatch, missing=(), broken=()):
+    import importlib.util
+
+    real = importlib.util.find_spec
+
+    def find_spec(name, *args, **kwargs):
+        if name in broken:
+            raise ValueError(f"{name}.__spec__ is None")
+        return None if name in missing else real(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+
+
+_PLUGIN = "hydra_plugins.hydra_optuna_sweeper"
+_OPTUNA_TARGET = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+
+
+@pytest.mark.parametrize("overrides, missing, broken, line", [
+    (["hparams_search=focal_optuna"], ["optuna"], [], "hparams_search=focal_optuna needs the Optuna sweeper "
+                                                     "(optuna not installed)"),
+    (["hparams_search=focal_optuna"], ["optuna", _PLUGIN], [], "hparams_search=focal_optuna needs the Optuna "
+                                                              "sweeper (optuna, hydra_optuna_sweeper not installed)"),
+    (["hparams_search=focal_optuna"], [], [_PLUGIN], "hparams_search=focal_optuna needs the Optuna sweeper "
+                                                    "(hydra_optuna_sweeper not installed)"),
+    (["hydra/sweeper=optuna_study"], ["optuna"], [],
+     f"hydra.sweeper {_OPTUNA_TARGET} needs the Optuna sweeper (optuna not installed)"),
+    (["hparams_search=focal_optuna"], [], [], None),  # installed
+    (["hparams_search=focal_optuna"], ["other_module"], [], None),
+    (["loss=ce"], ["optuna", _PLUGIN], [], None),  # Hydra's own sweeper needs nothing
+])
+def test_sweep_record_refuses_a_sweeper_that_is_not_installed(
+        tmp_path, monkeypatch, capsys, overrides, missing, broken, line):
+    """One line and exit code 2 before anything is made (README: "pip install ceexp[sweeps]")."""
+    from omegaconf import open_dict
+
+    cfg = _compose([*overrides, f"paths.root_dir={tmp_path / 'root' / 'outputs'}",
+                    f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    # a table of several sweepers: each is checked against its own prefix
+    monkeypatch.setattr(runs, "_SWEEPER_MODULES", {"hydra_plugins.other": ("other_module",), **runs._SWEEPER_MODULES})
+    monkeypatch.setattr(runs.SweepRecord, "failed", ["old"])
+    monkeypatch.setattr(runs.SweepRecord, "unfinished", None)
+    _find_spec_without(monkeypatch, missing, broken)
+    if line is None:
+        runs.SweepRecord().on_multirun_start(cfg)
+        assert (tmp_path / "root" / "outputs").is_dir()  # made before any job (an Optuna study is kept there)
+        runs.SweepRecord().on_multirun_start(cfg)  # already there
+        assert runs.SweepRecord.failed == [] and runs.SweepRecord.unfinished == str(tmp_path / "sweep")
+        assert capsys.readouterr() == ("", "")
+        with open_dict(cfg):
+            del cfg.paths  # no output root to make
+        runs.SweepRecord().on_multirun_start(cfg)
+        return
+    with pytest.raises(SystemExit) as info:
+        runs.SweepRecord().on_multirun_start(cfg)
+    assert info.value.code == 2
+    assert capsys.readouterr() == ("", f'error: {line}: pip install "ceexp[sweeps]"\n')
+    assert not (tmp_path / "root").exists() and runs.SweepRecord.failed == ["old"]
+
+
+def _sweep_of_jobs(tmp_path: Path) -> Path:
+    """A recorded sweep: 0_a completed, 1_b failed, 2_c completed with a problem, 3_d never wrote metrics.json,
+    4_e interrupted without an error."""
+    sweep = tmp_path / "sweep"
+    (sweep / runs.JOBS_DIR).mkdir(parents=True)
+    problems = {2: "completed, but val/nll is nan: not a finite number to optimise"}
+    for num, (name, status) in enumerate(
+            (("0_a", "completed"), ("1_b", "failed"), ("2_c", "completed"), ("3_d", None), ("4_e", "interrupted"))):
+        run = _run_folder(sweep / name)
+        if status:
+            runs.write_status(run, status, **({"error": "ValueError: bad"} if status == "failed" else {}))
+        (sweep / runs.JOBS_DIR / f"{num}.json").write_text(
+            json.dumps({"num": num, "dir": name, "problem": problems.get(num, "")}))
+    (sweep / "0_a" / "hparams.yaml").write_text("loss: focal\nlr: 0.001\n")
+    return sweep
+
+
+def _logged(caplog) -> list[tuple]:
+    return [(r.name, r.levelname, r.getMessage()) for r in caplog.records]
+
+
+_REPORT = [("ceexp", "ERROR", "4 of 5 jobs did not complete:"),
+           ("ceexp", "ERROR", "  1_b: failed: ValueError: bad"),
+           ("ceexp", "ERROR", "  2_c: completed: completed, but val/nll is nan: not a finite number to optimise"),
+           ("ceexp", "ERROR", "  3_d: unknown: no metrics.json (not started, still starting, or killed)"),
+           ("ceexp", "ERROR", "  4_e: interrupted")]
+
+
+def test_sweep_record_reports_the_jobs_that_did_not_complete(tmp_path, monkeypatch, caplog):
+    import logging
+
+    monkeypatch.setattr(runs.SweepRecord, "failed", ["old"])
+    sweep = _sweep_of_jobs(tmp_path)
+    with caplog.at_level(logging.INFO):
+        jobs = runs.SweepRecord.report(str(sweep))
+    assert [job.name for job in jobs] == ["0_a", "1_b", "2_c", "3_d", "4_e"]
+    assert _logged(caplog) == _REPORT
+    assert runs.SweepRecord.failed == [str(sweep / name) for name in ("1_b", "2_c", "3_d", "4_e")]
+    caplog.clear()
+    import shutil
+
+    for name in ("1_b", "2_c", "3_d", "4_e"):
+        (sweep / runs.JOBS_DIR / f"{name[0]}.json").unlink()
+        shutil.rmtree(sweep / name)
+    with caplog.at_level(logging.INFO):
+        assert [job.name for job in runs.SweepRecord.report(sweep)] == ["0_a"]
+    assert _logged(caplog) == [] and runs.SweepRecord.failed == []
+
+
+def test_sweep_record_multirun_end_reports_and_writes_the_hparams_summary(tmp_path, monkeypatch, caplog):
+    import logging
+
+    from ceexp.tensorboard import SWEEP_SUMMARY_SUFFIX
+
+    monkeypatch.setattr(runs.SweepRecord, "failed", [])
+    monkeypatch.setattr(runs.SweepRecord, "unfinished", "somewhere")
+    sweep = _sweep_of_jobs(tmp_path)
+    cfg = _sweep_cfg(tmp_path, 0)
+    with caplog.at_level(logging.INFO):
+        runs.SweepRecord().on_multirun_end(cfg)
+    assert runs.SweepRecord.unfinished is None and len(runs.SweepRecord.failed) == 4
+    assert _logged(caplog) == _REPORT
+    assert len(list(sweep.glob(f"events.out.tfevents.*{SWEEP_SUMMARY_SUFFIX}"))) == 1
+    caplog.clear()
+
+    def full(sweep_dir, jobs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    import ceexp.tensorboard
+
+    monkeypatch.setattr(ceexp.tensorboard, "write_sweep_hparams", full)
+    with caplog.at_level(logging.INFO):
+        runs.SweepRecord().on_multirun_end(cfg)  # the sweep's results stand without the summary
+    assert _logged(caplog) == [*_REPORT, ("ceexp", "WARNING", "the sweep's HParams summary was not written: "
+                                                              "OSError: [Errno 28] No space left on device")]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the failure policy in-process: run_hydra, run_job, what goes to the run's log file
+
+
+def test_run_hydra_one_line_for_each_kind_of_failure(tmp_path, monkeypatch, capsys, caplog):
+    from hydra.errors import HydraException, OverrideParseException
+
+    def raises(e: BaseException, cause: BaseException | None = None):
+        def hydra_main():
+            assert (os.environ["HYDRA_FULL_ERROR"], os.environ["CEEXP_HYDRA_ERRORS"]) == ("1", "1")
+            raise e from cause
+
+        return hydra_main
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.delenv("CEEXP_HYDRA_ERRORS", raising=False)
+    monkeypatch.setattr(runs.SweepRecord, "unfinished", None)
+    monkeypatch.setattr(runs.SweepRecord, "failed", [])
+    cases = [
+        (raises(OverrideParseException("x", "Error parsing override 'seed=['\nmore"), ValueError("bad value\nmore")),
+         2, "error: Error parsing override 'seed=[' (bad value)"),
+        (raises(HydraException("Error in override"), ValueError("  ")), 2, "error: Error in override"),
+        (raises(HydraException("Error in override"), ValueError()), 2, "error: Error in override"),
+        (raises(HydraException("")), 2, "error: HydraException"),
+        (raises(ValueError("\n")), 2, "error: ValueError"),
+        (raises(RuntimeError("launcher broke"), KeyError("k")), 1, "error: RuntimeError: launcher broke"),
+    ]
+    for hydra_main, code, line in cases:
+        with pytest.raises(SystemExit) as info:
+            runs.run_hydra(hydra_main)
+        assert (info.value.code, capsys.readouterr().err.splitlines()) == (code, [line])
+        assert "HYDRA_FULL_ERROR" not in os.environ and "CEEXP_HYDRA_ERRORS" not in os.environ
+    # the sweeper failed after its jobs ran (Optuna: every trial failed): its jobs are listed, exit code 1
+    monkeypatch.setattr(runs.SweepRecord, "unfinished", str(_sweep_of_jobs(tmp_path)))
+    with pytest.raises(SystemExit) as info:
+        runs.run_hydra(raises(ValueError("No trials are completed yet")))
+    assert (info.value.code, capsys.readouterr().err) == (1, "error: ValueError: No trials are completed yet\n")
+    assert caplog.records[0].getMessage() == "4 of 5 jobs did not complete:"
+    monkeypatch.setattr(runs.SweepRecord, "unfinished", str(tmp_path / "empty"))  # no job ran: Hydra's own
+    with pytest.raises(SystemExit) as info:
+        runs.run_hydra(raises(ValueError("No trials are completed yet")))
+    assert (info.value.code, capsys.readouterr().err) == (2, "error: No trials are completed yet\n")
+    # what the user set is put back; a variable Hydra's function removed stays removed
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    with pytest.raises(SystemExit):
+        runs.run_hydra(raises(HydraException("x")))
+    assert capsys.readouterr().err == "error: x\n"
+    assert os.environ["HYDRA_FULL_ERROR"] == "0" and "CEEXP_HYDRA_ERRORS" not in os.environ
+    runs.run_hydra(lambda: os.environ.pop("CEEXP_HYDRA_ERRORS"))
+    assert os.environ["HYDRA_FULL_ERROR"] == "0" and "CEEXP_HYDRA_ERRORS" not in os.environ
+    # HYDRA_FULL_ERROR=1 set by ceexp itself (a run_hydra inside run_hydra) still gives one line
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    monkeypatch.setenv("CEEXP_HYDRA_ERRORS", "1")
+    with pytest.raises(SystemExit) as info:
+        runs.run_hydra(raises(HydraException("Error in override")))
+    assert (info.value.code, capsys.readouterr().err) == (2, "error: Error in override\n")
+    assert (os.environ["HYDRA_FULL_ERROR"], os.environ["CEEXP_HYDRA_ERRORS"]) == ("1", "1")
+
+
+def _log_handler(run_dir: Path):
+    import logging
+
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(name)s|%(levelname)s|%(module)s|%(lineno)d|%(message)s"))
+    logging.getLogger().addHandler(handler)
+    return handler
+
+
+@pytest.mark.parametrize("multirun", [False, True])
+def test_run_job_writes_the_log_file_and_the_console_line(tmp_path, capsys, caplog, multirun):
+    import logging
+
+    from ceexp.validation import ConfigError
+
+    def raises(e):
+        def task():
+            raise e
+
+        return task
+
+    cases = [  # (error, metrics.json's error, the message, traceback in the log, the console line, the exit code)
+        (KeyError("k"), "KeyError: 'k'", "KeyError: 'k'", True, "error: KeyError: 'k' (traceback in {log})", 1),
+        (FloatingPointError("nan at epoch 2"), "FloatingPointError: nan at epoch 2",
+         "nan at epoch 2; the last good checkpoint is in {ckpt}", False, "error: {message}", 1),
+        (ConfigError("seed=x is invalid: expected an integer"), "ConfigError: seed=x is invalid: expected an integer",
+         "seed=x is invalid: expected an integer", False, "error: {message}", 2),
+    ]  # in a sweep the job's failure is logged, not printed
+    for i, (error, recorded, message, traceback, line, code) in enumerate(cases):
+        run_dir = _run_folder(tmp_path / str(i))
+        runs.write_status(run_dir, "failed", error="OldError: an earlier attempt")  # resumed: a new record
+        handler = _log_handler(run_dir)
+        caplog.clear()
+        try:
+            with caplog.at_level(logging.INFO):
+                if multirun:
+                    assert runs.run_job(raises(error), run_dir, multirun=True) is None
+                else:
+                    with pytest.raises(SystemExit) as info:
+                        runs.run_job(raises(error), run_dir, multirun=False, resumed=True)
+                    assert info.value.code == code
+        finally:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+        message = message.format(ckpt=run_dir / "checkpoints")
+        # the line of "job failed" (the sweep's log, not the run's own record) is where logging.error was called
+        log = [re.sub(r"\|runs\|[1-9]\d*\|job failed", "|runs|N|job failed", x)
+               for x in (run_dir / "train.log").read_text().splitlines()]
+        tail = [f"ceexp|ERROR|runs|N|job failed: {message}" if multirun else f"ceexp|ERROR|runs|0|{message}"]
+        if traceback:
+            assert log[:2] == [f"ceexp|ERROR|runs|0|{recorded} (traceback below)", "Traceback (most recent call last):"]
+            assert log[-2:] == [recorded, *tail]
+        else:
+            assert log == tail
+        if multirun:
+            assert _logged(caplog) == [("ceexp", "ERROR", f"job failed: {message}")]
+            assert capsys.readouterr().err == ""
+        else:
+            assert capsys.readouterr().err == line.format(log=run_dir / "train.log", message=message) + "\n"
+        if multirun or code != 2:
+            assert runs.read_metrics(run_dir)["error"] == recorded
+        else:  # a resumed run refused by its config keeps its record
+            assert runs.read_metrics(run_dir)["error"] == "OldError: an earlier attempt"
+
+
+def test_record_failure_on_a_full_disk_keeps_the_record_and_warns(tmp_path, monkeypatch, caplog):
+    import logging
+
+    import ceexp.files
+
+    run_dir = _run_folder(tmp_path / "run")
+    runs.write_status(run_dir, "running")
+    before = (run_dir / "metrics.json").read_bytes()
+    for error, reason in ((OSError(errno.ENOSPC, "No space left on device"), "No space left on device"),
+                          (OSError("the quota"), "the quota")):
+        def refuse(path, record, error=error):
+            raise error
+
+        monkeypatch.setattr(ceexp.files, "write_json", refuse)
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            assert runs.run_job(lambda: 1 / 0, run_dir, multirun=True) is None
+        assert _logged(caplog) == [
+            ("ceexp", "WARNING", f"could not record the failure in {run_dir / 'metrics.json'}: {reason}"),
+            ("ceexp", "ERROR", "job failed: ZeroDivisionError: division by zero")]
+        assert (run_dir / "metrics.json").read_bytes() == before
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the corners of the readers, writers and names
+
+
+def test_job_folder_name_escapes_and_cuts_exactly():
+    import hashlib
+
+    assert runs.job_folder_name(1, "a\u2028b") == "1_a%E2%80%A8b"  # a multi-byte control character: every byte
+    text = "a/" * 100
+    digest = hashlib.sha1(text.encode()).hexdigest()[:8]
+    # 43 bytes leave 32 for the overrides: 8 whole escapes "a%2F" are kept; 42 and 41 would end inside one
+    assert runs.job_folder_name(1, text, max_bytes=43) == "1_" + "a%2F" * 8 + "~" + digest
+    assert runs.job_folder_name(1, text, max_bytes=42) == "1_" + "a%2F" * 7 + "a~" + digest
+    assert runs.job_folder_name(1, text, max_bytes=41) == "1_" + "a%2F" * 7 + "a~" + digest
+    text = "ab/" + "c" * 100  # an escape early on stays
+    digest = hashlib.sha1(text.encode()).hexdigest()[:8]
+    assert runs.job_folder_name(1, text, max_bytes=40) == "1_ab%2F" + "c" * 24 + "~" + digest
+
+
+def test_register_resolver_registers_once(monkeypatch):
+    from omegaconf import OmegaConf
+
+    try:
+        OmegaConf.clear_resolver("ceexp.job_folder")
+        runs._register_resolver()
+        assert OmegaConf.create({"n": "${ceexp.job_folder:4,a/b}"}).n == "4_a%2Fb"
+        runs._register_resolver()  # registered already (the module imported twice): no error
+    finally:
+        if not OmegaConf.has_resolver("ceexp.job_folder"):
+            OmegaConf.register_new_resolver("ceexp.job_folder", runs.job_folder_name)
+
+
+def test_resume_argv_of_a_job_folder_with_equals_in_its_name(tmp_path):
+    run = _run_folder(tmp_path / "sweep" / "9_seed=0,loss=ce", ["seed=0", "loss=ce"])
+    assert runs.resume_argv([f"resume={run}"]) == [
+        "seed=0", "loss=ce", f"hydra.run.dir={run}", "hydra.output_subdir=null", f"resume={run.resolve()}"]
+
+
+def test_checked_argv_remembers_what_it_checked(monkeypatch):
+    monkeypatch.setattr(runs, "_checked_argv", set())
+    assert runs.checked_argv(["--help"]) == ["--help"]
+    assert runs._checked_argv == {("--help",)}
+    assert runs.checked_argv(("--help",)) == ["--help"]  # remembered: a list again
+
+
+def test_writers_store_float32_logits_and_int64_labels_from_any_input(tmp_path):
+    import torch
+
+    runs.write_predictions(tmp_path, torch.tensor([[0.5, 1.5]], dtype=torch.bfloat16), torch.tensor([2 ** 24 + 1]),
+                           np.array([[1.0, 2.0]]), np.array([3], dtype=np.int32))
+    out = runs.read_predictions(tmp_path)
+    assert [out[k].dtype for k in ("val_logits", "val_labels", "test_logits", "test_labels")] == [
+        np.float32, np.int64, np.float32, np.int64]
+    np.testing.assert_array_equal(out["val_logits"], [[0.5, 1.5]])
+    assert out["val_labels"].tolist() == [2 ** 24 + 1]  # exact: never through a float
+    runs.write_ood_logits(tmp_path, {"noise": torch.ones(1, 2, requires_grad=True), "svhn": np.zeros((1, 2))})
+    out = runs.read_ood_logits(tmp_path)
+    assert (out["noise"].dtype, out["svhn"].dtype) == (np.float32, np.float32)
+
+
+def test_read_metrics_names_the_system_error(tmp_path):
+    (tmp_path / "metrics.json").mkdir()
+    with pytest.raises(ValueError) as info:
+        runs.read_metrics(tmp_path)
+    assert str(info.value) == f"metrics.json unreadable: [Errno 21] Is a directory: '{tmp_path / 'metrics.json'}'"
+
+
+def test_remove_fresh_run_through_a_link_leaves_it(tmp_path):
+    fresh = _run_folder(tmp_path / "fresh")
+    (tmp_path / "link").symlink_to(fresh)
+    runs.remove_fresh_run(tmp_path / "link")  # rmtree refuses a link: nothing is removed, nothing raised
+    assert runs.is_run(fresh) and (tmp_path / "link").is_symlink()
+
+
+def test_sweep_jobs_and_find_runs_corners(tmp_path, monkeypatch):
+    sweep = tmp_path / "sweep"
+    (sweep / runs.JOBS_DIR).mkdir(parents=True)
+    records = [("a", {"num": 5, "dir": "b_run"}), ("b", "{broken"), ("c", {"num": 1, "dir": "b_run"}),
+               ("d", {"num": 2, "dir": "a_run"}), ("e", {"num": 1, "dir": "b_run", "problem": ""}), ("f", {"num": 3, "dir": "c"}),
+               ("g", {"num": 4})]
+    for name, record in records:  # the broken record among the others, whatever the order of the folder
+        (sweep / runs.JOBS_DIR / f"{name}.json").write_text(record if isinstance(record, str) else json.dumps(record))
+    for name in ("a_run", "b_run", "z_run"):
+        _run_folder(sweep / name)
+    (sweep / "a_run" / "metrics.json").write_text('{"test/acc": 1.0}')  # no status
+    (sweep / "c").mkdir()  # recorded, but not a run
+    jobs = runs.sweep_jobs(sweep)
+    # by number; b_run recorded again (1 twice, and 5) is listed once; a record without a folder is the sweep's own
+    assert [(j.num, j.name, j.path, j.status) for j in jobs] == [
+        (1, "b_run", sweep / "b_run", "unknown"), (2, "a_run", sweep / "a_run", "unknown"),
+        (3, "c", sweep / "c", "unknown"), (4, "", sweep, "unknown"), (None, "z_run", sweep / "z_run", "unknown")]
+    assert jobs[1].error == ""
+    # the recorded runs first, in the record's order, then the others; a folder reached twice is searched once
+    (tmp_path / "links").mkdir()
+    (tmp_path / "links" / "1").symlink_to(sweep / "z_run")
+    (tmp_path / "links" / "2").symlink_to(sweep / "z_run")
+    (tmp_path / "links" / "3").symlink_to(sweep)
+    searched = []
+    real_is_run = runs.is_run
+    monkeypatch.setattr(runs, "is_run", lambda p: searched.append(Path(p).resolve()) or real_is_run(p))
+    assert runs.find_runs(tmp_path / "links") == [tmp_path / "links" / name for name in (
+        "1", "3/b_run", "3/a_run")]
+    # z_run, reached again through links/2 and links/3/z_run, is not searched again (the sweep's record is read
+    # where the sweep is reached: its folders are asked once there, once by the walk)
+    assert searched == [(tmp_path / "links").resolve(), *(sweep.resolve() / name for name in (
+        "z_run", "", "b_run", "a_run", "c", "", "a_run", "b_run", "c"))]
+
+
+def test_sweep_job_defaults():
+    job = runs.SweepJob(0, Path("s/0_a"), "0_a", "completed")
+    assert job.error == "" and job.completed
