@@ -484,6 +484,7 @@ def test_calibrated_metrics_match_numpy_and_the_ts_tags():
 # real data
 
 
+@pytest.mark.slow  # every calibrator fitted on real digits logits, ~9 s (make test-slow)
 def test_digits_logistic_regression_ece_falls_on_held_out_data():
     # A weakly regularised logistic regression on 40% of sklearn's digits is over-confident on the rest (test NLL
     # 0.45 nats at 96% accuracy). Every calibrator, fitted on half of the rest, lowers the ECE and the NLL of the

@@ -54,6 +54,7 @@ def _values(folder: Path, tag: str) -> dict[str, float]:
     return out
 
 
+@pytest.mark.promise  # two real sweeps, ~20 s: run by CI with the other promises (make test-promises)
 def test_identical_training_ties_and_different_training_is_significant(sweep_dirs, tmp_path):
     a, b = sweep_dirs
     assert main([str(a), str(b), "--metrics", "ece", "nll", "acc", "--ref", "loss=ce"]) == 0
