@@ -250,3 +250,19 @@ def test_comparison_files_keep_the_previous_report(tmp_path, monkeypatch):
     for path, content in report.items():
         assert path.read_bytes() == content, path
     _no_temporary_files(sweep)
+
+
+def test_atomic_checkpoint_io_is_one_class_defined_on_first_use():
+    """``ceexp.files.AtomicCheckpointIO`` is made on first access and kept: every later access (attribute or
+    import) gives the same class, a Lightning CheckpointIO; other missing names are an AttributeError."""
+    import ceexp.files as files
+    from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+    first = files.AtomicCheckpointIO
+    from ceexp.files import AtomicCheckpointIO
+
+    assert AtomicCheckpointIO is first and files.AtomicCheckpointIO is first
+    assert vars(files)["AtomicCheckpointIO"] is first
+    assert issubclass(first, TorchCheckpointIO)
+    with pytest.raises(AttributeError, match="^module 'ceexp.files' has no attribute 'nothing'$"):
+        files.nothing
